@@ -1,0 +1,181 @@
+"""What the kernel knows about a WSGI server's sockets: the sidecar's view from outside.
+
+One small facade, :class:`KernelObserver`, over a Linux backend (netlink ``sock_diag`` in
+:mod:`wsgiwatch.kernel.netlink`, procfs in :mod:`wsgiwatch.kernel.procfs`), standard library
+only. On another platform, or where netlink is refused (seccomp, an LSM), a snapshot is
+empty and says why in ``notices``, and the reason is logged once: the sidecar keeps serving
+what the spools tell it. The procfs root is injectable so tests can use a fixture tree.
+
+Typical use, in the sidecar's poll loop::
+
+    observer = KernelObserver()
+    snap = observer.snapshot(tcp_ports={8000})
+    waiting = snap.in_backlog()                        # accepted by no process yet
+    tcp, unix = observer.sockets_of(worker_pid, snap)  # what worker_pid holds
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import sys
+import time
+from collections.abc import Collection
+
+from wsgiwatch.kernel import netlink, procfs
+from wsgiwatch.kernel.errors import (
+    KernelError,
+    KernelParseError,
+    KernelUnavailable,
+    NetlinkError,
+)
+from wsgiwatch.kernel.records import KernelSnapshot, TcpSocket, UnixSocket
+
+__all__ = [
+    "KernelError",
+    "KernelObserver",
+    "KernelParseError",
+    "KernelSnapshot",
+    "KernelUnavailable",
+    "NetlinkError",
+    "TcpSocket",
+    "UnixSocket",
+    "supported",
+]
+
+#: Whether this platform has the kernel interfaces the observer reads (Linux netlink).
+supported: bool = sys.platform.startswith("linux") and hasattr(socket, "AF_NETLINK")
+
+_log = logging.getLogger("wsgiwatch.kernel")
+# More ports than this make a filter program longer than the kernel's attribute limit.
+_MAX_FILTER_PORTS = 2048
+_FAMILIES = ((socket.AF_INET, "IPv4"), (socket.AF_INET6, "IPv6"))
+
+
+class KernelObserver:
+    """Dumps TCP and unix sockets from the kernel, and maps sockets to processes via procfs.
+
+    Each :meth:`snapshot` opens its own netlink socket, so an observer holds no resources
+    and may be shared between threads.
+    """
+
+    __slots__ = ("_kernel_filter", "_logged", "procfs_root")
+
+    def __init__(self, procfs_root: str = "/proc") -> None:
+        self.procfs_root = procfs_root
+        self._kernel_filter = True  # cleared if the kernel refuses the port filter program
+        self._logged: set[str] = set()
+
+    def _notice(self, notices: list[str], text: str) -> None:
+        notices.append(text)
+        if text not in self._logged:  # once per observer and reason, not once per poll
+            self._logged.add(text)
+            _log.warning("kernel.unavailable: %s", text, extra={"kernel_notice": text})
+
+    def check(self) -> None:
+        """Raise :class:`KernelUnavailable` if snapshots cannot see sockets here."""
+        if not supported:
+            raise KernelUnavailable(f"socket dumps need Linux; this is {sys.platform}")
+        netlink.open_socket().close()
+
+    def snapshot(
+        self,
+        tcp_ports: Collection[int] | None = None,
+        *,
+        unix: bool = True,
+        unix_paths: Collection[str] | None = None,
+    ) -> KernelSnapshot:
+        """Dump TCP (IPv4 and IPv6, with tcp_info) and, unless ``unix`` is false, unix sockets.
+
+        ``tcp_ports`` keeps TCP sockets whose local *or* peer port is listed (the kernel does
+        the filtering); ``None`` keeps all. ``unix_paths`` keeps unix sockets bound to one of
+        those names (listeners and the server ends of their connections, which share the
+        name) plus the sockets connected to those. TIME_WAIT and half-open request sockets are
+        left out. Unsupported or refused: empty lists and a notice. A reply that does not
+        parse raises :class:`KernelParseError` (a bug to report, not a condition to expect).
+        """
+        notices: list[str] = []
+        if not supported:
+            self._notice(notices, f"socket dumps need Linux; this is {sys.platform}")
+            now = time.monotonic_ns()
+            return KernelSnapshot([], [], now, now, tuple(notices))
+        try:
+            sock = netlink.open_socket()
+        except KernelUnavailable as exc:
+            self._notice(notices, str(exc))
+            now = time.monotonic_ns()
+            return KernelSnapshot([], [], now, now, tuple(notices))
+        with sock:
+            started = time.monotonic_ns()
+            tcp = self._dump_tcp(sock, tcp_ports, notices)
+            unix_socks = self._dump_unix(sock, unix_paths, notices) if unix else []
+            finished = time.monotonic_ns()
+        return KernelSnapshot(tcp, unix_socks, started, finished, tuple(notices))
+
+    def _dump_tcp(
+        self, sock: socket.socket, tcp_ports: Collection[int] | None, notices: list[str]
+    ) -> list[TcpSocket]:
+        ports = None if tcp_ports is None else frozenset(tcp_ports)
+        if ports is not None and not ports:
+            return []
+        out: list[TcpSocket] = []
+        for family, label in _FAMILIES:
+            try:
+                out += self._dump_family(sock, family, ports)
+            except NetlinkError as exc:  # e.g. IPv6 disabled at boot: ENOENT for that family
+                self._notice(notices, f"TCP/{label} dump refused by the kernel: {exc}")
+        return out
+
+    def _dump_family(
+        self, sock: socket.socket, family: int, ports: frozenset[int] | None
+    ) -> list[TcpSocket]:
+        if ports is not None and self._kernel_filter and len(ports) <= _MAX_FILTER_PORTS:
+            seq = netlink.next_seq()
+            request = netlink.build_inet_diag_request(family, seq, ports=ports)
+            try:
+                return netlink.dump(sock, request, seq, netlink.parse_inet_diag)
+            except NetlinkError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                # Kernels before S_EQ/D_EQ (4.x) reject the program: filter here instead.
+                self._kernel_filter = False
+                _log.info("kernel.port_filter_refused: filtering TCP sockets in Python")
+        seq = netlink.next_seq()
+        request = netlink.build_inet_diag_request(family, seq)
+        return netlink.dump(sock, request, seq, netlink.parse_inet_diag, ports=ports)
+
+    def _dump_unix(
+        self, sock: socket.socket, unix_paths: Collection[str] | None, notices: list[str]
+    ) -> list[UnixSocket]:
+        seq = netlink.next_seq()
+        try:
+            socks = netlink.dump(
+                sock, netlink.build_unix_diag_request(seq), seq, netlink.parse_unix_diag
+            )
+        except NetlinkError as exc:  # unix_diag not built or not loadable
+            self._notice(notices, f"unix socket dump refused by the kernel: {exc}")
+            return []
+        if unix_paths is None:
+            return socks
+        paths = frozenset(unix_paths)
+        named = {s.inode for s in socks if s.path in paths}
+        return [s for s in socks if s.inode in named or s.peer_inode in named]
+
+    def socket_inodes(self, pid: int) -> set[int]:
+        """Inodes of the sockets ``pid`` holds; empty if it exited or is not ours."""
+        return procfs.socket_inodes(pid, self.procfs_root)
+
+    def process_start_ticks(self, pid: int) -> int | None:
+        """``pid``'s start time in clock ticks after boot, or ``None`` if it is gone."""
+        return procfs.process_start_ticks(pid, self.procfs_root)
+
+    def sockets_of(
+        self, pid: int, snapshot: KernelSnapshot
+    ) -> tuple[list[TcpSocket], list[UnixSocket]]:
+        """The sockets of ``snapshot`` that ``pid`` holds (listeners and accepted ones)."""
+        inodes = self.socket_inodes(pid)
+        return (
+            [s for s in snapshot.tcp if s.inode in inodes],
+            [s for s in snapshot.unix if s.inode in inodes],
+        )

@@ -1,0 +1,503 @@
+"""WSGIWatch: the WSGI middleware that records each request into this process's spool.
+
+The per-request work is deliberately plain: two clock reads, a few dict lookups in bounded
+caches, one scoreboard write at entry and one ring record at exit (``close()`` of the
+response, so streamed bodies count). Anything that goes wrong inside wsgiwatch is counted in
+the spool header and swallowed; exceptions of the app itself pass through untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import Any, Final
+
+from wsgiwatch import accept_hook
+from wsgiwatch import spool_format as fmt
+from wsgiwatch.arrival import parse_mod_wsgi_time, parse_proxy_header, wall_to_monotonic_ns
+from wsgiwatch.process_spool import resolve_dir, writer_for
+from wsgiwatch.routes import BytesCache, path_route_bytes, peer_bytes, template_route_bytes
+from wsgiwatch.spool_writer import DEFAULT_ACCEPTS, DEFAULT_RING, DEFAULT_SLOTS, SpoolWriter
+
+__all__ = ["ROUTE_KEY", "WSGIWatch"]
+
+logger = logging.getLogger("wsgiwatch")
+
+#: Frameworks put their route template here (``/users/<int:id>``) to label the request.
+ROUTE_KEY: Final = "wsgiwatch.route"
+
+Environ = dict[str, Any]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+StartResponse = Callable[..., Callable[[bytes], object]]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+_monotonic_ns = time.monotonic_ns
+_get_ident = threading.get_ident
+_get_native_id = threading.get_native_id
+_METHOD_CODES = fmt.METHOD_CODES
+_SLOT_pack = fmt.SLOT.pack_into
+_SLOT_bytes = fmt.SLOT.pack
+_new_call = object.__new__
+_EXIT_pack = fmt.RECORD_EXIT.pack_into
+_ROUTE_pack = fmt.ROUTE_FIELD.pack_into
+_EXIT_OFF = fmt.RECORD_EXIT_OFFSET
+_ROUTE_OFF = fmt.RECORD_ROUTE_OFFSET
+_U64_pack = fmt.U64.pack_into
+_INVALID = fmt.U64.pack(fmt.INVALID_SEQ)
+_SEQ_OFF = fmt.RECORD_SEQ_OFFSET
+_RECORD_SIZE = fmt.RECORD_SIZE
+_HEAD_OFF = fmt.OFF_RING_HEAD
+_NO_SLOT = fmt.NO_SLOT
+_SLOT_BASE = fmt.HEADER_SIZE
+_SLOT_SIZE = fmt.SLOT_SIZE
+
+# Bounded caches shared by all instances: values seen over and over are encoded once.
+_templates = BytesCache(template_route_bytes)
+_peers: dict[str, bytes] = {}  # REMOTE_ADDR -> stored bytes; bounded in _peer_bytes
+_native_ids: dict[int, int] = {}
+
+
+_STATUS: dict[str, int] = {}  # status line -> code, bounded
+
+
+def _status_code(status: str) -> int:
+    try:
+        code = int(status[:3])
+    except (TypeError, ValueError):
+        return 0
+    code = code if 0 < code < 1000 else 0
+    if len(_STATUS) < 512:
+        _STATUS[status] = code
+    return code
+
+
+def _native_id() -> int:
+    ident = _get_ident()
+    try:
+        return _native_ids[ident]
+    except KeyError:
+        pass
+    if len(_native_ids) > 4096:  # greenlet idents come and go
+        _native_ids.clear()
+    native = _native_ids[ident] = _get_native_id() & 0xFFFF_FFFF
+    return native
+
+
+class WSGIWatch:
+    """Wrap a WSGI app: ``application = WSGIWatch(application)``.
+
+    ``spool_dir``: where the spool files go (default ``$WSGIWATCH_DIR``, else a private
+    per-user directory in ``/dev/shm`` or the temp dir). ``capacity``: how many requests
+    one process runs at once (threads), if you want to state it; otherwise the sidecar
+    infers it. ``proxy_headers``: read ``X-Request-Start`` / ``X-Queue-Start`` from a front
+    proxy (only ever a timestamp; never stored otherwise).
+    """
+
+    __slots__ = ("_capacity", "_dir", "_geometry", "_proxy_headers", "app")
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        spool_dir: str | None = None,
+        capacity: int | None = None,
+        proxy_headers: bool = True,
+        slots: int = DEFAULT_SLOTS,
+        ring_size: int = DEFAULT_RING,
+        accept_events: int = DEFAULT_ACCEPTS,
+    ) -> None:
+        if not (0 < slots < fmt.NO_SLOT and ring_size > 0 and accept_events > 0):
+            raise ValueError("slots (below 65535), ring_size and accept_events must be positive")
+        if capacity is not None and capacity < 1:
+            raise ValueError("capacity must be positive")
+        self.app = app
+        self._dir = resolve_dir(spool_dir)
+        self._capacity = capacity
+        self._proxy_headers = proxy_headers
+        self._geometry = (slots, ring_size, accept_events)
+
+    @property
+    def spool_dir(self) -> str:
+        return self._dir
+
+    def _first_request(self, environ: Environ) -> SpoolWriter | None:
+        """Slow path, once per process: open the spool and note what serves us."""
+        slots, ring, accepts = self._geometry
+        writer = writer_for(
+            self._dir, slot_count=slots, ring_capacity=ring, accept_capacity=accepts
+        )
+        if writer is not None:
+            try:
+                writer.note_server(
+                    str(environ.get("SERVER_SOFTWARE", "")),
+                    bool(environ.get("wsgi.multithread")),
+                    bool(environ.get("wsgi.multiprocess")),
+                )
+                if self._capacity:
+                    writer.set_declared_capacity(self._capacity)
+            except Exception:
+                _internal_error(writer)
+        _ready[self._dir] = writer
+        return writer
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        # The entry bookkeeping is inlined here rather than in _Call.__init__: one Python
+        # frame less per request is a tenth of the whole cost.
+        try:
+            writer = _ready[self._dir]
+        except KeyError:
+            writer = self._first_request(environ)
+        if writer is None:
+            return self.app(environ, start_response)
+        try:
+            call = _new_call(_Call)
+            call.writer = writer
+            call.environ = environ
+            call.server_start_response = start_response
+            call.status = ""
+            call.headers_ns = call.bytes_sent = 0
+            get = environ.get
+            peer = get("REMOTE_ADDR") or ""
+            port_text = get("REMOTE_PORT")
+            port = _ports.get(port_text)
+            if port is None:
+                port = _port_number(port_text)
+            if (
+                _ACCEPTED
+                or _MOD_WSGI_START in environ
+                or (
+                    self._proxy_headers
+                    and (_X_REQUEST_START in environ or _X_QUEUE_START in environ)
+                )
+            ):
+                accept, arrival, source, flags = _accept_sources(
+                    environ, peer, port, self._proxy_headers
+                )
+            else:
+                accept = arrival = source = flags = 0
+            call.flags = flags
+            free = writer.free_slots
+            slot = call.slot = free.pop() if free else writer.acquire_slot()
+            path = get("PATH_INFO") or ""
+            values = (
+                next(writer.request_numbers),
+                _monotonic_ns(),
+                accept,
+                arrival,
+                _native_ids.get(_get_ident()) or _native_id(),
+                port,
+                _METHOD_CODES.get(get("REQUEST_METHOD"), 0),  # type: ignore[arg-type]
+                source,
+                _peers.get(peer) or _peer_bytes(peer),
+                _path_bytes.get(path) or _route_for_path(path, get("SCRIPT_NAME")),
+            )
+            if slot != _NO_SLOT:
+                _SLOT_pack(writer.mm, _SLOT_BASE + slot * _SLOT_SIZE, *values)
+            else:  # every slot busy (counted): keep the image for the record
+                call.image = _SLOT_bytes(*values)
+        except Exception:
+            _internal_error(writer)
+            return self.app(environ, start_response)
+        try:
+            result = self.app(environ, call)
+        except BaseException:
+            call.flags |= fmt.FLAG_APP_RAISED
+            call.finish()
+            raise
+        return call.wrap(result)
+
+
+# directory -> this process's writer (None: recording is off). Forgotten after a fork.
+_ready: dict[str, SpoolWriter | None] = {}
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_ready.clear)
+
+
+def _internal_error(writer: SpoolWriter) -> None:
+    try:
+        writer.bump(fmt.OFF_WRITE_ERRORS)
+    except Exception:
+        pass
+    if not _logged:
+        _logged.append(True)
+        logger.exception("wsgiwatch: internal error while recording a request (logged once)")
+
+
+_logged: list[bool] = []
+
+
+class _Call:
+    """One request: the ``start_response`` the app calls, then the response iterable.
+
+    One object does both jobs, to keep allocations per request to one. What the record
+    needs from the request's start lives in its scoreboard slot, not here: at exit the slot
+    is copied into the ring in one go. WSGIWatch.__call__ fills the attributes; ``result``,
+    ``iterator``, ``image`` and ``server_write`` are only set where they are used.
+    """
+
+    __slots__ = (
+        "bytes_sent",
+        "environ",
+        "flags",
+        "headers_ns",
+        "image",
+        "iterator",
+        "result",
+        "server_start_response",
+        "server_write",
+        "slot",
+        "status",
+        "writer",
+    )
+    bytes_sent: int
+    environ: Environ
+    flags: int
+    headers_ns: int
+    image: bytes
+    iterator: Iterator[bytes] | None
+    result: Any
+    server_start_response: StartResponse
+    server_write: Callable[[bytes], object]
+    slot: int
+    status: str
+    writer: SpoolWriter
+
+    # -- start_response --------------------------------------------------------------------
+    def __call__(
+        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+    ) -> Callable[[bytes], object]:
+        self.status = status
+        self.headers_ns = _monotonic_ns()
+        if exc_info is not None:
+            write = self.server_start_response(status, headers, exc_info)
+        else:
+            write = self.server_start_response(status, headers)
+        self.server_write = write
+        return self.write
+
+    def write(self, data: bytes) -> object:
+        """The ``write()`` callable of PEP 3333: counted, then the server's."""
+        self.bytes_sent += len(data)
+        return self.server_write(data)
+
+    # -- the response iterable -------------------------------------------------------------
+    def wrap(self, result: Iterable[bytes]) -> Iterable[bytes]:
+        try:
+            self.result = result
+            kind = type(result)
+            if kind is list or kind is tuple:
+                self.bytes_sent += sum(map(len, result))
+                self.flags |= _EXHAUSTED | _SEQUENCE
+                # Same slots, plus __len__: waitress sets Content-Length for one-chunk
+                # sequences, and the response must not change because we watch it.
+                self.__class__ = _SizedCall
+                return self
+            wrapper = self.environ.get("wsgi.file_wrapper")
+            if wrapper is not None and isinstance(wrapper, type) and kind is wrapper:
+                return self._wrap_file(result)  # type: ignore[no-any-return]
+            return self
+        except Exception:
+            _internal_error(self.writer)
+            self.finish()
+            return result
+
+    def _wrap_file(self, result: Any) -> Any:
+        # The server must see its own file wrapper to use sendfile, so we hand it back and
+        # watch its close() through an attribute of that one object instead.
+        self.flags |= fmt.FLAG_FILE_WRAPPER
+        original = getattr(result, "close", None)
+
+        def close() -> None:
+            try:
+                if original is not None:
+                    original()
+            except BaseException:
+                self.flags |= fmt.FLAG_APP_RAISED
+                raise
+            finally:
+                self.finish()
+
+        try:
+            result.close = close
+        except (AttributeError, TypeError):
+            self.flags |= fmt.FLAG_NO_CLOSE_SEEN
+            self.finish()
+        return result
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self.flags & _SEQUENCE:  # a list or tuple: counted already, iterate it natively
+            return iter(self.result)
+        self.iterator = iter(self.result)
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            chunk: bytes = next(self.iterator)  # type: ignore[arg-type]
+        except StopIteration:
+            self.flags |= _EXHAUSTED
+            raise
+        except BaseException:
+            self.flags |= fmt.FLAG_APP_RAISED
+            raise
+        self.bytes_sent += len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        try:
+            # (A list or tuple has no close(); asking getattr costs an exception.)
+            close = None if self.flags & _SEQUENCE else getattr(self.result, "close", None)
+            if close is not None:
+                close()
+        except BaseException:
+            self.flags |= fmt.FLAG_APP_RAISED
+            raise
+        finally:
+            if not self.flags & (_EXHAUSTED | fmt.FLAG_APP_RAISED):
+                self.flags |= fmt.FLAG_CLIENT_GONE
+            self.finish()
+
+    def finish(self) -> None:
+        """Write the record and free the slot; never raises."""
+        flags = self.flags
+        if flags & _FINISHED:
+            return
+        self.flags = flags | _FINISHED
+        exit_ns = _monotonic_ns()
+        writer = self.writer
+        environ = self.environ
+        slot = self.slot
+        try:
+            template = environ.get(ROUTE_KEY)
+            proxy = _proxy_wall_ns(environ) if flags & _PROXY_PENDING else 0
+            status = self.status
+            code = _STATUS.get(status) or _status_code(status)
+            seq = next(writer.record_seq)
+            off = writer.record_base + (seq % writer.ring_capacity) * _RECORD_SIZE
+            mm = writer.mm
+            mm[off + _SEQ_OFF : off + _RECORD_SIZE] = _INVALID
+            if slot != _NO_SLOT:
+                start = _SLOT_BASE + slot * _SLOT_SIZE
+                mm[off : off + _SLOT_SIZE] = mm[start : start + _SLOT_SIZE]
+            else:
+                mm[off : off + _SLOT_SIZE] = self.image  # set whenever there is no slot
+            if template and isinstance(template, str):
+                _ROUTE_pack(mm, off + _ROUTE_OFF, _templates.get(template))
+                flags |= fmt.FLAG_ROUTE_TEMPLATE
+            _EXIT_pack(
+                mm,
+                off + _EXIT_OFF,
+                self.headers_ns,
+                exit_ns,
+                proxy,
+                self.bytes_sent,
+                code,
+                flags & _RECORDED_FLAGS,
+                _server_port(environ.get("SERVER_PORT")),
+                slot,
+            )
+            _U64_pack(mm, off + _SEQ_OFF, seq)
+            _U64_pack(mm, _HEAD_OFF, seq + 1)
+        except Exception:
+            _internal_error(writer)
+        if slot != _NO_SLOT:
+            try:
+                _U64_pack(writer.mm, _SLOT_BASE + slot * _SLOT_SIZE, 0)
+                writer.free_slots.append(slot)
+            except Exception:
+                _internal_error(writer)
+        # Drop references early: the server may keep this object a while.
+        self.result = self.iterator = None
+        self.environ = _EMPTY
+
+
+class _SizedCall(_Call):
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        return len(self.result) if self.result is not None else 0
+
+
+# Flag bits kept in memory only, above the 16 bits that go into the record.
+_PROXY_PENDING: Final = 1 << 16  # a proxy header is there to parse at exit
+_EXHAUSTED: Final = 1 << 17  # the response was iterated to its end
+_FINISHED: Final = 1 << 18  # the record is written
+_SEQUENCE: Final = 1 << 19  # the app returned a list or tuple
+_RECORDED_FLAGS: Final = 0xFFFF
+_EMPTY: Final[Environ] = {}
+_ACCEPTED = accept_hook.ACCEPTED  # the same dict; the hook only ever mutates it in place
+_ports: dict[object, int] = {}  # port text -> number; bounded in _port_number
+_path_bytes: dict[str, bytes] = {}  # PATH_INFO -> stored route bytes; bounded below
+
+
+def _peer_bytes(peer: str) -> bytes:
+    if len(_peers) >= 4096:
+        _peers.clear()
+    value = _peers[peer] = peer_bytes(peer)
+    return value
+
+
+def _port_number(text: object) -> int:
+    try:
+        port: int = int(text) & 0xFFFF  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return 0
+    if isinstance(text, str):
+        if len(_ports) >= 70000:
+            _ports.clear()
+        _ports[text] = port
+    return port
+
+
+def _server_port(text: object) -> int:
+    return _ports.get(text) or _port_number(text)
+
+
+def _route_for_path(path: str, script_name: object) -> bytes:
+    full = f"{script_name}{path}" if script_name and isinstance(script_name, str) else path
+    route = path_route_bytes(full)
+    if len(_path_bytes) >= 2048:  # a flood of distinct paths costs time, never memory
+        _path_bytes.clear()
+    _path_bytes[path] = route
+    return route
+
+
+_MOD_WSGI_START: Final = "mod_wsgi.request_start"
+_X_REQUEST_START: Final = "HTTP_X_REQUEST_START"
+_X_QUEUE_START: Final = "HTTP_X_QUEUE_START"
+
+
+def _accept_sources(
+    environ: Environ, peer: str, port: int, proxy_headers: bool
+) -> tuple[int, int, int, int]:
+    """(accept_ns, arrival_ns, source, flags) from the accept hook or the server's keys."""
+    accept = arrival = source = flags = 0
+    conn = _ACCEPTED.get((peer, port)) if _ACCEPTED else None
+    if conn is not None:
+        accept, arrival, uses = conn
+        if uses:
+            flags = fmt.FLAG_REUSED_CONNECTION
+            arrival = 0  # that arrival was the first request's
+        elif arrival:
+            flags = fmt.FLAG_ARRIVAL_TCP_INFO
+        conn[2] = uses + 1
+        source = fmt.SOURCE_HOOK
+    elif _MOD_WSGI_START in environ:
+        now_wall = time.time_ns()
+        started = parse_mod_wsgi_time(environ[_MOD_WSGI_START], now_wall)
+        if started:
+            accept = wall_to_monotonic_ns(started, now_wall, _monotonic_ns())
+            source = fmt.SOURCE_MOD_WSGI
+    if proxy_headers and (_X_REQUEST_START in environ or _X_QUEUE_START in environ):
+        flags |= _PROXY_PENDING
+    return accept, arrival, source, flags
+
+
+def _proxy_wall_ns(environ: Environ) -> int:
+    header = environ.get(_X_REQUEST_START) or environ.get(_X_QUEUE_START)
+    if not isinstance(header, str):
+        return 0
+    return parse_proxy_header(header, time.time_ns()) or 0

@@ -1,0 +1,127 @@
+"""The one spool of this process, shared by every WSGIWatch instance and the accept hook.
+
+Opened lazily on first use, so a server that builds the app in its master and then forks
+(gunicorn ``--preload``) gives each worker its own file: after a fork the child forgets the
+parent's spool and opens its own on its first request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from wsgiwatch import spool_format as fmt
+from wsgiwatch.procstat import process_start_ticks
+from wsgiwatch.spool_writer import (
+    DEFAULT_ACCEPTS,
+    DEFAULT_RING,
+    DEFAULT_SLOTS,
+    SpoolWriter,
+    default_spool_dir,
+    open_spool,
+)
+
+logger = logging.getLogger("wsgiwatch")
+
+#: Spools of dead processes are removed by a newly starting worker only after this long,
+#: so a sidecar has had time to drain them.
+STALE_SPOOL_AGE_S = 300.0
+
+# directory -> its writer, or None when it could not be opened (we then stay quiet).
+_writers: dict[str, SpoolWriter | None] = {}
+_lock = threading.Lock()
+
+
+def resolve_dir(spool_dir: str | None) -> str:
+    return spool_dir or os.environ.get("WSGIWATCH_DIR") or default_spool_dir()
+
+
+def writer_for(
+    directory: str,
+    *,
+    slot_count: int = DEFAULT_SLOTS,
+    ring_capacity: int = DEFAULT_RING,
+    accept_capacity: int = DEFAULT_ACCEPTS,
+) -> SpoolWriter | None:
+    """This process's writer for ``directory``; None (logged once) when it cannot exist."""
+    try:
+        return _writers[directory]
+    except KeyError:
+        pass
+    with _lock:
+        if directory in _writers:
+            return _writers[directory]
+        writer: SpoolWriter | None
+        try:
+            writer = open_spool(
+                directory,
+                slot_count=slot_count,
+                ring_capacity=ring_capacity,
+                accept_capacity=accept_capacity,
+            )
+        except Exception as exc:  # any failure: serve on, unrecorded, and say so once
+            logger.warning(
+                "wsgiwatch: recording disabled in pid %d, cannot open a spool in %s: %s",
+                os.getpid(),
+                directory,
+                exc,
+            )
+            writer = None
+        else:
+            remove_stale_spools(directory)
+        _writers[directory] = writer
+        return writer
+
+
+def remove_stale_spools(directory: str, *, now: float | None = None) -> int:
+    """Delete spool files of processes that are gone and whose file is old; returns count.
+
+    A process is gone when its pid does not exist or now has another start time. Without
+    a sidecar nobody else would clean up (prometheus_client multiprocess mode's old sore).
+    """
+    now = time.time() if now is None else now
+    removed = 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    for name in names:
+        if not name.endswith(fmt.SUFFIX):
+            continue
+        try:
+            pid_text, ticks_text = name[: -len(fmt.SUFFIX)].split("-", 1)
+            pid, ticks = int(pid_text), int(ticks_text)
+        except ValueError:
+            continue
+        if process_start_ticks(pid) == ticks and ticks:
+            continue  # alive
+        path = os.path.join(directory, name)
+        try:
+            if now - os.stat(path).st_mtime > STALE_SPOOL_AGE_S:
+                os.unlink(path)
+                removed += 1
+        except OSError:
+            pass  # another process removed it first
+    return removed
+
+
+def _forget_after_fork() -> None:
+    # The child must not write into its parent's file. The mappings are simply dropped
+    # (unmapped in the child only); the files stay, they are the parent's.
+    global _lock
+    _writers.clear()
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def close_all_for_tests() -> None:
+    """Close and remove this process's spools (tests only)."""
+    for writer in list(_writers.values()):
+        if writer is not None:
+            writer.close()
+    _writers.clear()
