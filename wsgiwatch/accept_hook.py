@@ -143,6 +143,7 @@ def create_waitress_server(app: Any, *, spool_dir: str | None = None, **kwargs: 
     """``waitress.create_server`` with the accept hook on every listening socket."""
     import waitress.server
 
+    kwargs.pop("_quiet", None)  # a waitress.serve() option that create_server refuses
     server = waitress.server.create_server(app, **kwargs)
     listeners = (
         list(server.map.values())
