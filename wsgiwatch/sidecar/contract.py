@@ -1,0 +1,23 @@
+"""What the sidecar's HTTP side and CLI need from the monitor that does the detection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from prometheus_client.metrics_core import Metric
+
+
+class MonitorProtocol(Protocol):
+    def poll(self) -> None:
+        """Read every spool and the kernel once, update all state. Never raises for bad
+        input (damaged spools, vanished processes): those are counted and logged."""
+
+    def collect(self) -> Iterable[Metric]:
+        """Metric families from the current state (a prometheus_client custom collector)."""
+
+    def incidents(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The most recent head-of-line incidents, newest first, as JSON-ready dicts."""
+
+    def health(self) -> dict[str, Any]:
+        """Liveness facts: last poll time and duration, spools read, kernel available."""
