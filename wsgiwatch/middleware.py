@@ -399,8 +399,9 @@ class _Call:
                 _server_port(environ.get("SERVER_PORT")),
                 slot,
             )
+            seq += 1  # entries carry sequence + 1, so zeroed memory never looks written
             _U64_pack(mm, off + _SEQ_OFF, seq)
-            _U64_pack(mm, _HEAD_OFF, seq + 1)
+            _U64_pack(mm, _HEAD_OFF, seq)
         except Exception:
             _internal_error(writer)
         if slot != _NO_SLOT:

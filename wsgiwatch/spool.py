@@ -324,16 +324,17 @@ class SpoolReader:
         while len(out) < budget:
             off = base + (i % ring) * fmt.RECORD_SIZE
             seq_off = off + fmt.RECORD_SEQ_OFFSET
+            stamp = i + 1  # entries carry their sequence plus one: zeroes are never valid
             s1 = seq_at(mm, seq_off)[0]
-            if s1 == i:
+            if s1 == stamp:
                 raw = mm[off:seq_off]
-                if seq_at(mm, seq_off)[0] == i:
+                if seq_at(mm, seq_off)[0] == stamp:
                     out.append(self._record(i, raw))
                 else:
                     lost += 1  # rewritten while we read it: the writer lapped us
                 i += 1
                 continue
-            if s1 != fmt.INVALID_SEQ and s1 > i and s1 % ring == i % ring:
+            if s1 != fmt.INVALID_SEQ and s1 > stamp and (s1 - 1) % ring == i % ring:
                 lost += 1  # a newer lap already overwrote it
                 i += 1
                 continue

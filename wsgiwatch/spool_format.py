@@ -11,8 +11,8 @@ tests check the document against them.
     records   ring_capacity x RECORD_SIZE   finished requests, a ring
     accepts   accept_capacity x ACCEPT_SIZE accept events from the opt-in accept hook, a ring
 
-Why this is safe without locks: each ring entry carries its sequence number in its last 8
-bytes. A writer first overwrites that field with ``INVALID_SEQ``, then writes the body, then
+Why this is safe without locks: each ring entry carries its sequence number plus one in its
+last 8 bytes (plus one, so that the zeroes of a new file never look like entry 0). A writer first overwrites that field with ``INVALID_SEQ``, then writes the body, then
 writes the sequence number (three separate stores, in that order; x86 and the kernel keep
 stores to shared memory in program order). A reader reads the sequence, the body, then the
 sequence again: the entry is whole only when both reads give the sequence it expected.
@@ -76,7 +76,7 @@ RECORD_EXIT: Final = struct.Struct("<QQQQHHHH")
 # 144 headers_ns Q (start_response called; 0 never) | 152 exit_ns Q | 160 proxy_wall_ns Q
 # (a front proxy's X-Request-Start, wall clock ns; 0 none) | 168 bytes_sent Q
 # 176 status H | 178 flags H | 180 server_port H | 182 slot H (0xFFFF: ran without a slot)
-# 184 seq Q (written last)
+# 184 seq + 1 Q (written last; 0 = never written)
 RECORD_ROUTE_OFFSET: Final = 80
 ROUTE_FIELD: Final = struct.Struct("<64s")
 RECORD_SEQ_OFFSET: Final = 184
@@ -87,7 +87,7 @@ NO_SLOT: Final = 0xFFFF
 ACCEPT_SIZE: Final = 80
 ACCEPT_BODY: Final = struct.Struct("<QQHHI40s8x")
 #  0 accept_ns Q | 8 arrival_ns Q (0 = unknown) | 16 peer_port H | 18 server_port H
-# 20 listener_fd I | 24 peer 40s | 64 pad | 72 seq Q (written last)
+# 20 listener_fd I | 24 peer 40s | 64 pad | 72 seq + 1 Q (written last; 0 = never written)
 ACCEPT_SEQ_OFFSET: Final = 72
 
 # --- enumerations -------------------------------------------------------------------------

@@ -134,11 +134,6 @@ class SpoolWriter:
         return fmt.HEADER_SIZE + index * fmt.SLOT_SIZE
 
     # -- rings -----------------------------------------------------------------------------
-    def next_record_offset(self) -> tuple[int, int]:
-        """Claim the next ring entry: (sequence, offset of the entry)."""
-        seq = next(self.record_seq)
-        return seq, self.record_base + (seq % self.ring_capacity) * fmt.RECORD_SIZE
-
     def write_accept(
         self,
         accept_ns: int,
@@ -155,7 +150,7 @@ class SpoolWriter:
         fmt.ACCEPT_BODY.pack_into(
             mm, off, accept_ns, arrival_ns, peer_port, server_port, listener_fd, peer
         )
-        fmt.U64.pack_into(mm, off + fmt.ACCEPT_SEQ_OFFSET, seq)
+        fmt.U64.pack_into(mm, off + fmt.ACCEPT_SEQ_OFFSET, seq + 1)  # + 1: zero = never written
         fmt.U64.pack_into(mm, fmt.OFF_ACCEPT_HEAD, seq + 1)
 
     # -- header ----------------------------------------------------------------------------

@@ -1,0 +1,119 @@
+"""Counters and histograms kept by the sidecar, turned into metric families at scrape time.
+
+prometheus_client's own metric objects take a lock and walk label dicts per observation;
+the sidecar observes thousands of finished requests per poll, so it keeps plain sums here
+and builds ``*MetricFamily`` objects only when Prometheus asks (a custom collector).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
+
+#: Seconds; from a millisecond (a fast request's noise) to a stall nobody should see.
+WAIT_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+DURATION_BUCKETS: tuple[float, ...] = WAIT_BUCKETS
+POLL_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+OTHER = "other"
+
+
+class LabelCap:
+    """At most ``limit`` distinct values of one label; later ones become ``other``."""
+
+    __slots__ = ("_limit", "_seen")
+
+    def __init__(self, limit: int = 100) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) >= self._limit:
+            return OTHER
+        self._seen.add(value)
+        return value
+
+
+class Histogram:
+    """Non-cumulative bucket counts plus a sum, per label tuple."""
+
+    __slots__ = ("_bounds", "_series")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self._bounds = tuple(bounds)
+        self._series: dict[tuple[str, ...], list[float]] = {}
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        series = self._series.get(labels)
+        if series is None:
+            # one count per bound, one for +Inf, then the sum
+            series = self._series[labels] = [0.0] * (len(self._bounds) + 2)
+        series[bisect.bisect_left(self._bounds, value)] += 1
+        series[-1] += value
+
+    def family(
+        self, name: str, documentation: str, labelnames: Sequence[str]
+    ) -> HistogramMetricFamily:
+        fam = HistogramMetricFamily(name, documentation, labels=list(labelnames))
+        for labels, series in self._series.items():
+            running = 0.0
+            buckets: list[tuple[str, float]] = []
+            for bound, count in zip((*self._bounds, math.inf), series[:-1], strict=True):
+                running += count
+                buckets.append(("+Inf" if bound == math.inf else repr(bound), running))
+            fam.add_metric(list(labels), buckets, series[-1])
+        return fam
+
+    def count(self, labels: tuple[str, ...]) -> float:
+        series = self._series.get(labels)
+        return sum(series[:-1]) if series else 0.0
+
+
+class Counter:
+    __slots__ = ("_values",)
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, labels: tuple[str, ...] = (), amount: float = 1.0) -> None:
+        self._values[labels] = self._values.get(labels, 0.0) + amount
+
+    def get(self, labels: tuple[str, ...] = ()) -> float:
+        return self._values.get(labels, 0.0)
+
+    def total(self) -> float:
+        return sum(self._values.values())
+
+    def items(self) -> list[tuple[tuple[str, ...], float]]:
+        return list(self._values.items())
+
+    def family(
+        self, name: str, documentation: str, labelnames: Sequence[str] = ()
+    ) -> CounterMetricFamily:
+        fam = CounterMetricFamily(name, documentation, labels=list(labelnames))
+        if not labelnames and not self._values:
+            fam.add_metric([], 0.0)
+        for labels, value in self._values.items():
+            fam.add_metric(list(labels), value)
+        return fam

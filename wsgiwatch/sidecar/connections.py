@@ -1,0 +1,114 @@
+"""Joining the kernel's view of sockets with the workers' scoreboards.
+
+For each worker we know (from ``/proc/PID/fd``) which sockets it holds. A connection to one
+of the server's listeners is then, as DESIGN.md classifies it:
+
+- in the kernel accept backlog: inode 0, held by no process (healthy queueing);
+- *waiting inside the worker*: held by it, not being served by any of its scoreboard slots,
+  and either with unread bytes (gthread, cheroot) or with data received more recently than
+  data sent (waitress, which reads the request before queueing it);
+- otherwise idle (a kept-alive connection between requests) or being served.
+
+A waiting connection's arrival is estimated from ``tcpi_last_data_recv`` (jiffy resolution;
+about +/-5 ms here), against the middle of the dump.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Iterable, Mapping
+from dataclasses import dataclass
+
+from wsgiwatch.kernel import KernelSnapshot, TcpSocket
+
+LISTEN = "LISTEN"
+ESTABLISHED = "ESTABLISHED"
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """A request that has reached a worker and is not being served."""
+
+    pid: int
+    peer_addr: str
+    peer_port: int
+    arrival_ns: int  # CLOCK_MONOTONIC estimate
+    unread: bool  # bytes still in the socket: the worker has not even read it
+
+
+def listener_label(sock: TcpSocket) -> str:
+    addr = f"[{sock.local_addr}]" if ":" in sock.local_addr else sock.local_addr
+    return f"{addr}:{sock.local_port}"
+
+
+def find_listeners(
+    snapshot: KernelSnapshot,
+    inodes_by_pid: Mapping[int, set[int]],
+    ports: Iterable[int] | None = None,
+) -> list[TcpSocket]:
+    """The LISTEN sockets the workers hold (or those on the given ports)."""
+    wanted = set(ports or ())
+    held: set[int] = set().union(*inodes_by_pid.values()) if inodes_by_pid else set()
+    return [
+        s
+        for s in snapshot.tcp
+        if s.state == LISTEN and ((s.local_port in wanted) if wanted else (s.inode in held))
+    ]
+
+
+def is_waiting(sock: TcpSocket, served_before: bool) -> bool:
+    """Whether a request is in the socket or in the worker's hands, not yet answered.
+
+    Received after the last send means a request is pending. On a fresh connection nothing
+    was ever sent, and the request often lands in the same jiffy as the handshake: equal
+    ages then mean waiting too, unless the worker has already answered this connection
+    (then it is an idle kept-alive connection whose answer went out in the same jiffy).
+    """
+    if sock.rqueue > 0:
+        return True
+    recv, sent = sock.last_data_recv_ms, sock.last_data_sent_ms
+    if recv is None or sent is None:
+        return False
+    return recv < sent or (recv == sent and not served_before)
+
+
+def classify(
+    snapshot: KernelSnapshot,
+    listeners: list[TcpSocket],
+    inodes_by_pid: Mapping[int, set[int]],
+    serving: Mapping[int, set[tuple[str, int]]],
+    served: Mapping[int, Container[tuple[str, int]]],
+) -> tuple[list[Waiting], int]:
+    """(connections waiting inside workers, connections in the kernel backlog).
+
+    ``serving``: per pid, the peers its scoreboard shows being served now; ``served``: per
+    pid, peers it has answered before."""
+    ports = {s.local_port for s in listeners}
+    owner: dict[int, int] = {}
+    for pid, inodes in inodes_by_pid.items():
+        for inode in inodes:
+            owner[inode] = pid
+    waiting: list[Waiting] = []
+    backlog = 0
+    mid = snapshot.midpoint_ns
+    for sock in snapshot.tcp:
+        if sock.state != ESTABLISHED or sock.local_port not in ports:
+            continue
+        if sock.inode == 0:
+            backlog += 1
+            continue
+        holder = owner.get(sock.inode)
+        if holder is None:
+            continue
+        peer = (
+            sock.peer_addr[7:] if sock.peer_addr.startswith("::ffff:") else sock.peer_addr,
+            sock.peer_port,
+        )
+        if peer in serving.get(holder, ()) or not is_waiting(sock, peer in served.get(holder, ())):
+            continue
+        recv_ms = sock.last_data_recv_ms or 0
+        waiting.append(
+            Waiting(
+                holder, sock.peer_addr, sock.peer_port, mid - recv_ms * 1_000_000, sock.rqueue > 0
+            )
+        )
+    return waiting, backlog
