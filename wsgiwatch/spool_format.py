@@ -12,10 +12,11 @@ tests check the document against them.
     accepts   accept_capacity x ACCEPT_SIZE accept events from the opt-in accept hook, a ring
 
 Why this is safe without locks: each ring entry carries its sequence number plus one in its
-last 8 bytes (plus one, so that the zeroes of a new file never look like entry 0). A writer first overwrites that field with ``INVALID_SEQ``, then writes the body, then
-writes the sequence number (three separate stores, in that order; x86 and the kernel keep
-stores to shared memory in program order). A reader reads the sequence, the body, then the
-sequence again: the entry is whole only when both reads give the sequence it expected.
+last 8 bytes (plus one, so that the zeroes of a new file never look like entry 0). A writer
+first overwrites that field with ``INVALID_SEQ``, then writes the body, then writes the
+stamp (three separate stores, in that order; x86 and the kernel keep stores to shared memory
+in program order). A reader reads the stamp, the body, then the stamp again: the entry is
+whole only when both reads give the stamp it expected.
 Scoreboard slots are small and rewritten in one store; readers read a slot twice and keep it
 only when both copies are equal.
 """
