@@ -436,11 +436,11 @@ class SpoolReader:
         while i < head:
             off = self._accept_base + (i % cap) * fmt.ACCEPT_SIZE
             seq_off = off + fmt.ACCEPT_SEQ_OFFSET
-            if fmt.U64.unpack_from(mm, seq_off)[0] == i:
+            if fmt.U64.unpack_from(mm, seq_off)[0] == i + 1:  # stamps are sequence + 1
                 accept, arrival, peer_port, server_port, _fd, peer = fmt.ACCEPT_BODY.unpack_from(
                     mm, off
                 )
-                if fmt.U64.unpack_from(mm, seq_off)[0] == i:
+                if fmt.U64.unpack_from(mm, seq_off)[0] == i + 1:
                     out.append(
                         AcceptEvent(
                             i, accept, arrival, peer_port, server_port, _text(peer, "ascii")

@@ -26,7 +26,7 @@ DEFAULT_SLOTS = 64
 DEFAULT_RING = 4096
 DEFAULT_ACCEPTS = 1024
 
-_ENCODED_ZERO_SEQ = fmt.U64.pack(fmt.INVALID_SEQ)
+_INVALID_STAMP = fmt.U64.pack(fmt.INVALID_SEQ)
 
 
 def default_spool_dir() -> str:
@@ -146,7 +146,7 @@ class SpoolWriter:
         seq = next(self._accept_seq)
         off = self.accept_base + (seq % self.accept_capacity) * fmt.ACCEPT_SIZE
         mm = self.mm
-        mm[off + fmt.ACCEPT_SEQ_OFFSET : off + fmt.ACCEPT_SIZE] = _ENCODED_ZERO_SEQ
+        mm[off + fmt.ACCEPT_SEQ_OFFSET : off + fmt.ACCEPT_SIZE] = _INVALID_STAMP
         fmt.ACCEPT_BODY.pack_into(
             mm, off, accept_ns, arrival_ns, peer_port, server_port, listener_fd, peer
         )
