@@ -69,7 +69,7 @@ def test_record_offsets() -> None:
     ]
     assert documented == expected
     assert fmt.RECORD_SEQ_OFFSET + 8 == fmt.RECORD_SIZE == 192
-    assert fmt.RECORD_ROUTE_OFFSET == field_offsets(fmt.SLOT.format)[-1]
+    assert field_offsets(fmt.SLOT.format)[-1] == fmt.RECORD_ROUTE_OFFSET
 
 
 def test_accept_offsets() -> None:
