@@ -1,0 +1,261 @@
+"""``wsgiwatch demo``: watch head-of-line blocking happen, then read the verdict.
+
+Starts a small app (:mod:`wsgiwatch.demo_app`) under a greedy server (gunicorn gthread by
+default; waitress, or gunicorn sync as the healthy contrast) on 127.0.0.1, a sidecar
+monitor in this process, and a bounded load: a slow ``/report`` now and then among fast
+requests. Then it prints what the sidecar found. Everything it starts, it stops (by pid).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal, TextIO
+
+from wsgiwatch.sidecar.monitor import Monitor
+
+Server = Literal["gthread", "waitress", "sync"]
+
+
+@dataclass
+class LoadResult:
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+    errors: int = 0
+
+    def add(self, route: str, seconds: float) -> None:
+        self.latencies.setdefault(route, []).append(seconds)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_command(server: Server, port: int) -> list[str]:
+    bind = f"127.0.0.1:{port}"
+    if server == "waitress":
+        return [
+            sys.executable,
+            "-c",
+            "from wsgiwatch.accept_hook import serve_waitress;"
+            "from wsgiwatch.demo_app import application;"
+            f"serve_waitress(application, host='127.0.0.1', port={port}, threads=1)",
+        ]
+    worker_class = "gthread" if server == "gthread" else "sync"
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        bind,
+        "--workers",
+        "2",
+        "--threads",
+        "1",
+        "--worker-class",
+        worker_class,
+        "--log-level",
+        "warning",
+        "-c",
+        "python:wsgiwatch.gunicorn_config",
+        "wsgiwatch.demo_app:application",
+    ]
+
+
+@contextlib.contextmanager
+def running(argv: list[str], env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                raise RuntimeError(f"the server exited with {proc.returncode}: {err[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the server did not start listening in 20 s") from None
+                time.sleep(0.05)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def _request(port: int, path: str, result: LoadResult, route: str) -> None:
+    started = time.monotonic()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+        conn.request("GET", path)
+        conn.getresponse().read()
+        conn.close()
+    except OSError:
+        result.errors += 1
+        return
+    result.add(route, time.monotonic() - started)
+
+
+def drive_load(port: int, seconds: float, progress: TextIO | None) -> LoadResult:
+    """A slow report every 2.5 s; between them, fast requests from four clients."""
+    result = LoadResult()
+    stop_at = time.monotonic() + seconds
+    threads: list[threading.Thread] = []
+
+    def fast_client(n: int) -> None:
+        i = 0
+        while time.monotonic() < stop_at and i < 2000:
+            path = f"/product/{n * 1000 + i}" if i % 2 else "/"
+            _request(port, path, result, "/product/<id>" if i % 2 else "/")
+            i += 1
+            time.sleep(0.05)
+
+    for n in range(4):
+        threads.append(threading.Thread(target=fast_client, args=(n,), daemon=True))
+    for t in threads:
+        t.start()
+    reports = 0
+    while time.monotonic() < stop_at - 1.0:
+        t = threading.Thread(
+            target=_request, args=(port, "/report", result, "/report"), daemon=True
+        )
+        t.start()
+        threads.append(t)
+        reports += 1
+        for _ in range(25):
+            if progress is not None:
+                done = sum(len(v) for v in result.latencies.values())
+                left = max(0.0, stop_at - time.monotonic())
+                progress.write(
+                    f"\r  load: {done} requests done, {reports} slow reports, {left:4.1f} s left "
+                )
+                progress.flush()
+            time.sleep(0.1)
+            if time.monotonic() >= stop_at - 1.0:
+                break
+    for t in threads:
+        t.join(20)
+    if progress is not None:
+        progress.write("\n")
+    return result
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+def report(monitor: Monitor, load: LoadResult, server: Server, out: TextIO) -> bool:
+    """Print the verdict; True when it found what this server is known to do."""
+    requests = monitor.requests.total()
+    blocked = monitor.blocked.total()
+    blocked_s = monitor.blocked_seconds.items()
+    misrouted = monitor.misrouted.total()
+    print(
+        f"\nwsgiwatch demo on {server}: {int(requests)} requests recorded by the sidecar", file=out
+    )
+    for route, values in sorted(load.latencies.items()):
+        print(
+            f"  client side {route:15} n={len(values):4d}  p50 {_pct(values, 0.5) * 1000:7.1f} ms"
+            f"  p99 {_pct(values, 0.99) * 1000:7.1f} ms",
+            file=out,
+        )
+    if blocked:
+        print(
+            f"\nHead-of-line blocking: {int(blocked)} requests ({blocked / requests:.1%}) "
+            "waited inside a busy worker behind another request.",
+            file=out,
+        )
+        for (route,), seconds in sorted(blocked_s, key=lambda kv: -kv[1])[:5]:
+            print(f"  blocked behind {route:15} {seconds:6.2f} s of waiting in all", file=out)
+        if misrouted:
+            print(
+                f"  {int(misrouted)} of them waited while another worker had a free slot "
+                "(the kernel would have given it to that idle worker).",
+                file=out,
+            )
+        example = monitor.incidents(1)
+        if example:
+            v, b = example[0]["victim"], example[0]["blockers"][0]
+            print(
+                f"  e.g. {v['method']} {v['route']} waited {v['queue_wait_s'] * 1000:.0f} ms "
+                f"in worker {v['worker']} behind {b['method']} {b['route']}",
+                file=out,
+            )
+        print(
+            "\nWhat to change: run slow routes in a separate pool or worker class, add "
+            "threads (gthread --threads, waitress threads=), or use gunicorn sync workers, "
+            "which only accept when free (then waiting happens in the kernel backlog, "
+            "where any free worker takes the next connection).",
+            file=out,
+        )
+    else:
+        print("\nNo head-of-line blocking: no request waited inside a busy worker.", file=out)
+        if server == "sync":
+            print(
+                "  gunicorn sync workers accept only when free: connections wait in the "
+                "kernel backlog, where the next free worker takes them.",
+                file=out,
+            )
+    expected_blocking = server != "sync"
+    return bool(blocked) == expected_blocking and load.errors == 0 and requests > 0
+
+
+def run_demo(server: Server = "gthread", seconds: float = 12.0, out: TextIO = sys.stdout) -> int:
+    port = _free_port()
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # tmpfs: no disk writeback
+    with tempfile.TemporaryDirectory(prefix="wsgiwatch-demo-", dir=shm) as spool_dir:
+        os.chmod(spool_dir, 0o700)
+        env = dict(os.environ, WSGIWATCH_DIR=spool_dir)
+        print(
+            f"Starting {server} on 127.0.0.1:{port} (2 workers x 1 thread) with WSGIWatch; "
+            f"spool {spool_dir}",
+            file=out,
+        )
+        monitor = Monitor(spool_dir, poll_interval_s=0.25)
+        stop = threading.Event()
+
+        def poll_loop() -> None:
+            while not stop.wait(0.25):
+                monitor.poll()
+
+        try:
+            with running(server_command(server, port), env, port):
+                poller = threading.Thread(target=poll_loop, daemon=True)
+                poller.start()
+                load = drive_load(port, seconds, out if out.isatty() else None)
+                time.sleep(0.6)  # let the last records reach the sidecar
+                stop.set()
+                poller.join(5)
+                monitor.poll()
+        except RuntimeError as exc:
+            print(f"demo failed: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            stop.set()
+            monitor.close()
+        ok = report(monitor, load, server, out)
+    return 0 if ok else 1
