@@ -20,10 +20,17 @@ import structlog
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from wsgiwatch import spool_format as fmt
-from wsgiwatch.kernel import KernelObserver, KernelSnapshot
+from wsgiwatch.kernel import KernelError, KernelObserver, KernelSnapshot, UnixSocket
 from wsgiwatch.kernel import supported as kernel_supported
 from wsgiwatch.sidecar import accumulate as acc
-from wsgiwatch.sidecar.connections import Waiting, classify, find_listeners, listener_label
+from wsgiwatch.sidecar.connections import (
+    Waiting,
+    classify,
+    find_listeners,
+    listener_label,
+    unix_listeners,
+    unix_unread,
+)
 from wsgiwatch.sidecar.detect import Run, blockers, had_free_slot
 from wsgiwatch.sidecar.workers import Worker, WorkerRegistry
 from wsgiwatch.spool import Record
@@ -92,6 +99,9 @@ class Monitor:
         # Live state.
         self.stalls: list[tuple[Worker, Waiting]] = []
         self._kernel_waiting: list[Waiting] = []
+        self._kernel_error_logged = False
+        self._unix_unread: dict[int, list[UnixSocket]] = {}
+        self._unix_first_seen: dict[int, int] = {}
         self.listen_backlog: dict[str, tuple[int, int]] = {}
         self.backlog_connections = 0
         self._pending: dict[tuple[int, str, int], tuple[int, int]] = {}  # -> (arrival, seen)
@@ -178,10 +188,26 @@ class Monitor:
             return None
         live = [w for w in workers if w.alive]
         inodes = {w.pid: self.kernel.socket_inodes(w.pid) for w in live}
-        snapshot = self.kernel.snapshot(tcp_ports=self.listener_ports or None, unix=False)
+        try:
+            snapshot = self.kernel.snapshot(tcp_ports=self.listener_ports or None)
+        except KernelError as exc:  # a reply we cannot parse: report it, keep the spools
+            self.kernel_notices = (f"kernel dump failed: {exc}",)
+            if not self._kernel_error_logged:
+                self._kernel_error_logged = True
+                log.error("kernel.dump_failed", error=str(exc))
+            return None
         self.kernel_notices = snapshot.notices
         listeners = find_listeners(snapshot, inodes, self.listener_ports or None)
         self.listen_backlog = {listener_label(s): (s.rqueue, s.wqueue) for s in listeners}
+        unix = unix_listeners(snapshot, inodes)
+        self.listen_backlog.update({f"unix:{s.path}": (s.rqueue, s.wqueue) for s in unix})
+        self._unix_unread = unix_unread(snapshot, unix, inodes)
+        seen_inodes = {s.inode for socks in self._unix_unread.values() for s in socks}
+        for inode in list(self._unix_first_seen):
+            if inode not in seen_inodes:
+                del self._unix_first_seen[inode]
+        for inode in seen_inodes:
+            self._unix_first_seen.setdefault(inode, now)
         serving = {w.pid: {(_addr(s.peer), s.peer_port) for s in w.slots} for w in live}
         served: dict[int, Container[tuple[str, int]]] = {
             w.pid: self._seen_conns.get(w.index, ()) for w in live
@@ -349,6 +375,16 @@ class Monitor:
                 worker = by_pid.get(item.pid)
                 if worker is not None and worker.busy >= worker.capacity:
                     stalls[(item.pid, _addr(item.peer_addr), item.peer_port)] = (worker, item)
+        for pid, socks in self._unix_unread.items():
+            worker = by_pid.get(pid)
+            if worker is None or worker.busy < worker.capacity:
+                continue
+            for sock in socks:
+                first_seen = self._unix_first_seen.get(sock.inode, now)
+                stalls[(pid, "unix", sock.inode)] = (
+                    worker,
+                    Waiting(pid, "unix", sock.inode, first_seen, True),
+                )
         for (pid, peer, port), accept_ns in self._accepted_pending.items():
             worker = by_pid.get(pid)
             if worker is None or worker.busy < worker.capacity:

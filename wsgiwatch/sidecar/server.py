@@ -1,0 +1,347 @@
+"""The sidecar's HTTP side and its poll loop.
+
+A background thread calls ``monitor.poll()`` on a fixed-rate schedule; a threaded werkzeug
+server answers scrapes meanwhile, so a slow poll never makes a scrape wait. ``collect()``,
+``incidents()`` and ``health()`` are therefore called while a poll may be running in
+another thread: the monitor must allow that.
+
+Routes:
+
+- ``/metrics``: the monitor's metric families plus the loop's own counters, from a private
+  ``CollectorRegistry`` (never the global one), as Prometheus text 0.0.4 or OpenMetrics
+  according to ``Accept``, gzip-compressed when ``Accept-Encoding`` allows it.
+- ``/healthz``: ``monitor.health()`` plus the loop's state as JSON; 503 once the last
+  successful poll is older than :data:`STALE_AFTER_INTERVALS` poll intervals.
+- ``/api/incidents?limit=N``: ``{"incidents": [...]}``, newest first.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from types import FrameType
+from typing import Any
+
+import structlog
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.registry import CollectorRegistry
+from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+from wsgiwatch.sidecar.contract import MonitorProtocol
+
+log = structlog.get_logger("wsgiwatch.sidecar")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9808
+#: /healthz turns 503 when no poll has succeeded for this many poll intervals.
+STALE_AFTER_INTERVALS = 3
+#: Largest ``limit`` accepted by /api/incidents.
+MAX_INCIDENTS = 1000
+#: How often the HTTP thread checks for shutdown (socketserver's default is 0.5 s).
+SHUTDOWN_POLL_S = 0.1
+#: How long stop() waits for a poll in progress before leaving its (daemon) thread behind.
+STOP_JOIN_TIMEOUT_S = 10.0
+
+
+def next_deadline(deadline: float, now: float, interval: float) -> float:
+    """The first tick of the schedule ``deadline + k * interval`` (k >= 1) later than ``now``.
+
+    Ticks are computed from the previous tick, not from when a poll ended, so the rate does
+    not drift by the poll's own duration; ticks missed by an overrunning poll are skipped
+    rather than made up in a burst.
+    """
+    deadline += interval
+    if deadline <= now:
+        deadline += (math.floor((now - deadline) / interval) + 1) * interval
+    return deadline
+
+
+class PollLoop:
+    """Calls ``monitor.poll()`` every ``interval_s`` seconds in a daemon thread.
+
+    A failing poll is logged (``sidecar.poll_failed``) and counted; the loop goes on.
+    """
+
+    def __init__(self, monitor: MonitorProtocol, interval_s: float) -> None:
+        if not interval_s > 0:
+            raise ValueError(f"poll interval must be positive, got {interval_s!r}")
+        self.monitor = monitor
+        self.interval_s = interval_s
+        self.polls = 0
+        self.failures = 0
+        self.overruns = 0  # ticks skipped because a poll took longer than the interval
+        self.started_at: float | None = None
+        self.last_success: float | None = None
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="wsgiwatch-poll", daemon=True)
+
+    def start(self) -> None:
+        self.started_at = time.monotonic()
+        self._thread.start()
+
+    def stop(self, timeout: float = STOP_JOIN_TIMEOUT_S) -> bool:
+        """Stop after the poll in progress; False if it did not finish within ``timeout``."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def poll_once(self) -> bool:
+        try:
+            self.monitor.poll()
+        except Exception as exc:  # a broken poll must never end the loop
+            self.failures += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("sidecar.poll_failed", failures=self.failures)
+            return False
+        self.polls += 1
+        self.last_success = time.monotonic()
+        return True
+
+    def _run(self) -> None:
+        deadline = time.monotonic()
+        while not self._stop.is_set():
+            self.poll_once()
+            now = time.monotonic()
+            following = next_deadline(deadline, now, self.interval_s)
+            self.overruns += round((following - deadline) / self.interval_s) - 1
+            deadline = following
+            if self._stop.wait(deadline - now):
+                break
+
+    def seconds_since_success(self, now: float | None = None) -> float | None:
+        """Age of the last successful poll (before the first: time since start)."""
+        since = self.last_success if self.last_success is not None else self.started_at
+        if since is None:
+            return None
+        return (time.monotonic() if now is None else now) - since
+
+    def healthy(self, now: float | None = None) -> bool:
+        age = self.seconds_since_success(now)
+        return age is not None and age <= STALE_AFTER_INTERVALS * self.interval_s
+
+    def status(self) -> dict[str, Any]:
+        age = self.seconds_since_success()
+        if age is None:
+            state = "stopped"
+        elif not self.healthy():
+            state = "stale"
+        else:
+            state = "ok" if self.last_success is not None else "starting"
+        return {
+            "status": state,
+            "successful_polls": self.polls,
+            "poll_failures": self.failures,
+            "poll_overruns": self.overruns,
+            "seconds_since_successful_poll": None if self.last_success is None else age,
+            "last_poll_error": self.last_error,
+        }
+
+
+class _LoopCollector:
+    """The poll loop's own counters, next to the monitor's families."""
+
+    def __init__(self, loop: PollLoop) -> None:
+        self.loop = loop
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(
+            "wsgiwatch_sidecar_poll_errors",
+            "Sidecar polls that raised an error (logged as sidecar.poll_failed).",
+            value=self.loop.failures,
+        )
+        yield CounterMetricFamily(
+            "wsgiwatch_sidecar_poll_overruns",
+            "Poll ticks skipped because the previous poll took longer than the interval.",
+            value=self.loop.overruns,
+        )
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    body = json.dumps(data, default=str, separators=(",", ":")) + "\n"
+    return Response(body, status=status, content_type="application/json")
+
+
+def _text(body: str, status: int) -> Response:
+    return Response(body, status=status, content_type="text/plain; charset=utf-8")
+
+
+class SidecarApp:
+    """The WSGI application behind the sidecar's HTTP port."""
+
+    def __init__(self, monitor: MonitorProtocol, loop: PollLoop) -> None:
+        self.monitor = monitor
+        self.loop = loop
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(monitor)
+        self.registry.register(_LoopCollector(loop))
+        self._routes: dict[str, Callable[[Request], Response]] = {
+            "/metrics": self.metrics,
+            "/healthz": self.healthz,
+            "/api/incidents": self.incidents,
+        }
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        request = Request(environ)
+        handler = self._routes.get(request.path)
+        if handler is None:
+            response = _text("not found\n", 404)
+        elif request.method not in ("GET", "HEAD"):
+            response = _text("method not allowed\n", 405)
+            response.headers["Allow"] = "GET, HEAD"
+        else:
+            response = handler(request)
+        return response(environ, start_response)
+
+    def metrics(self, request: Request) -> Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        try:
+            body = encoder(self.registry)
+        except Exception:
+            log.exception("sidecar.scrape_failed")
+            return _text("collecting metrics failed, see the sidecar's log\n", 500)
+        response = Response(body, content_type=content_type)
+        response.vary.update(("Accept", "Accept-Encoding"))
+        if request.accept_encodings["gzip"] > 0:
+            response.set_data(gzip.compress(body, compresslevel=6))
+            response.content_encoding = "gzip"
+        return response
+
+    def healthz(self, request: Request) -> Response:
+        try:
+            facts = dict(self.monitor.health())
+        except Exception as exc:
+            log.exception("sidecar.health_failed")
+            facts = {"health_error": f"{type(exc).__name__}: {exc}"}
+        facts.update(self.loop.status())
+        ok = self.loop.healthy() and "health_error" not in facts
+        return _json(facts, 200 if ok else 503)
+
+    def incidents(self, request: Request) -> Response:
+        raw = request.args.get("limit", "100")
+        try:
+            limit = int(raw)
+        except ValueError:
+            limit = -1
+        if not 0 <= limit <= MAX_INCIDENTS:
+            return _json({"error": f"limit must be an integer in 0..{MAX_INCIDENTS}"}, 400)
+        try:
+            found = self.monitor.incidents(limit)
+        except Exception:
+            log.exception("sidecar.incidents_failed")
+            return _json({"error": "reading incidents failed, see the sidecar's log"}, 500)
+        return _json({"incidents": found})
+
+
+class _RequestHandler(WSGIRequestHandler):
+    # Keep-alive for scrapers; set here so werkzeug does not patch the shared base class.
+    protocol_version = "HTTP/1.1"
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass  # a scrape every few seconds is not an event worth a log line
+
+    def log(self, type: str, message: str, *args: Any) -> None:
+        # http.server's own complaints (malformed requests and the like).
+        level = logging.WARNING if type == "error" else logging.INFO
+        log.log(level, "sidecar.http", peer=self.address_string(), message=message % args)
+
+
+class SidecarServer:
+    """Serves one monitor's HTTP side on ``host:port`` and polls it every interval.
+
+    The socket is bound here (``port=0`` picks a free one; see :attr:`port`); nothing runs
+    until :meth:`start`. :meth:`stop` shuts the HTTP side down and joins the poll thread.
+    """
+
+    def __init__(
+        self,
+        monitor: MonitorProtocol,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        poll_interval_s: float = 0.5,
+    ) -> None:
+        self.monitor = monitor
+        self.loop = PollLoop(monitor, poll_interval_s)
+        self.app = SidecarApp(monitor, self.loop)
+        self._http = make_server(
+            host, port, self.app, threaded=True, request_handler=_RequestHandler
+        )
+        self.host = host
+        self.port: int = self._http.socket.getsockname()[1]
+        self._http_thread = threading.Thread(
+            target=self._http.serve_forever,
+            kwargs={"poll_interval": SHUTDOWN_POLL_S},
+            name="wsgiwatch-http",
+            daemon=True,
+        )
+        self._started = False
+        self._stopped = False
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> None:
+        self._started = True
+        self.loop.start()
+        self._http_thread.start()
+        log.info("sidecar.started", url=self.url, poll_interval_s=self.loop.interval_s)
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._started:
+            self._http.shutdown()  # returns once serve_forever has left its loop
+            self._http_thread.join()
+        self._http.server_close()
+        if self._started and not self.loop.stop():
+            log.warning("sidecar.poll_thread_stuck", waited_s=STOP_JOIN_TIMEOUT_S)
+        log.info("sidecar.stopped", polls=self.loop.polls, poll_failures=self.loop.failures)
+
+    def __enter__(self) -> SidecarServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def serve(server: SidecarServer, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> int:
+    """Run ``server`` until one of ``signals`` arrives, then stop it cleanly; returns 0.
+
+    Must be called from the main thread (signal handlers are installed there and restored
+    afterwards).
+    """
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # No logging here: a handler that writes to stderr while the main thread is
+        # writing there too raises "reentrant call".
+        received.append(signum)
+        stop.set()
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in signals}
+    try:
+        server.start()
+        stop.wait()
+        log.info("sidecar.stopping", signal=signal.Signals(received[0]).name)
+    finally:
+        server.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return 0
