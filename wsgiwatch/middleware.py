@@ -42,7 +42,7 @@ _METHOD_CODES = fmt.METHOD_CODES
 _SLOT_pack = fmt.SLOT.pack_into
 _SLOT_bytes = fmt.SLOT.pack
 _new_call = object.__new__
-_EXIT_pack = fmt.RECORD_EXIT.pack_into
+_EXIT_bytes = fmt.RECORD_EXIT.pack
 _ROUTE_pack = fmt.ROUTE_FIELD.pack_into
 _EXIT_OFF = fmt.RECORD_EXIT_OFFSET
 _ROUTE_OFF = fmt.RECORD_ROUTE_OFFSET
@@ -153,6 +153,7 @@ class WSGIWatch:
             writer = self._first_request(environ)
         if writer is None:
             return self.app(environ, start_response)
+        slot = _NO_SLOT
         try:
             call = _new_call(_Call)
             call.writer = writer
@@ -161,11 +162,11 @@ class WSGIWatch:
             call.status = ""
             call.headers_ns = call.bytes_sent = 0
             get = environ.get
-            peer = get("REMOTE_ADDR") or ""
-            port_text = get("REMOTE_PORT")
-            port = _ports.get(port_text)
-            if port is None:
-                port = _port_number(port_text)
+            try:
+                peer, port, method, peer_b, path_b = _request_keys(get)
+            except (TypeError, AttributeError, ValueError):
+                # An odd environ (bytes, numbers, unhashable values): the slow, careful way.
+                peer, port, method, peer_b, path_b = _request_keys(_sane_get(environ))
             if (
                 _ACCEPTED
                 or _MOD_WSGI_START in environ
@@ -180,20 +181,25 @@ class WSGIWatch:
             else:
                 accept = arrival = source = flags = 0
             call.flags = flags
-            free = writer.free_slots
-            slot = call.slot = free.pop() if free else writer.acquire_slot()
-            path = get("PATH_INFO") or ""
+            tid = _native_ids.get(_get_ident()) or _native_id()
+            # The slot is taken last, so nothing above can fail while holding it; try/pop
+            # rather than check-then-pop, since another thread may empty the list between.
+            try:
+                slot = writer.free_slots.pop()
+            except IndexError:
+                slot = writer.acquire_slot()
+            call.slot = slot
             values = (
                 next(writer.request_numbers),
                 _monotonic_ns(),
                 accept,
                 arrival,
-                _native_ids.get(_get_ident()) or _native_id(),
+                tid,
                 port,
-                _METHOD_CODES.get(get("REQUEST_METHOD"), 0),  # type: ignore[arg-type]
+                method,
                 source,
-                _peers.get(peer) or _peer_bytes(peer),
-                _path_bytes.get(path) or _route_for_path(path, get("SCRIPT_NAME")),
+                peer_b,
+                path_b,
             )
             if slot != _NO_SLOT:
                 _SLOT_pack(writer.mm, _SLOT_BASE + slot * _SLOT_SIZE, *values)
@@ -201,6 +207,8 @@ class WSGIWatch:
                 call.image = _SLOT_bytes(*values)
         except Exception:
             _internal_error(writer)
+            if slot != _NO_SLOT:  # taken but never written: give it back
+                writer.free_slots.append(slot)
             return self.app(environ, start_response)
         try:
             result = self.app(environ, call)
@@ -211,10 +219,44 @@ class WSGIWatch:
         return call.wrap(result)
 
 
-# directory -> this process's writer (None: recording is off). Forgotten after a fork.
+# directory -> this process's writer (None: recording is off). Forgotten after a fork,
+# like the thread ids (a forked child's thread has its parent's ident, not its native id).
 _ready: dict[str, SpoolWriter | None] = {}
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_ready.clear)
+    os.register_at_fork(after_in_child=_native_ids.clear)
+
+
+def _request_keys(get: Callable[[str], Any]) -> tuple[str, int, int, bytes, bytes]:
+    """(peer, peer port, method code, peer bytes, route bytes) through the bounded caches."""
+    peer = get("REMOTE_ADDR") or ""
+    port_text = get("REMOTE_PORT")
+    port = _ports.get(port_text)
+    if port is None:
+        port = _port_number(port_text)
+    path = get("PATH_INFO") or ""
+    return (
+        peer,
+        port,
+        _METHOD_CODES.get(get("REQUEST_METHOD"), 0),
+        _peers.get(peer) or _peer_bytes(peer),
+        _path_bytes.get(path) or _route_for_path(path, get("SCRIPT_NAME")),
+    )
+
+
+_SANE_KEYS: Final = ("REMOTE_ADDR", "REMOTE_PORT", "PATH_INFO", "REQUEST_METHOD", "SCRIPT_NAME")
+
+
+def _sane_get(environ: Environ) -> Callable[[str], Any]:
+    """``environ.get`` for the keys we read, with anything but a str turned into ''."""
+    clean: dict[str, str] = {}
+    for key in _SANE_KEYS:
+        try:
+            value = environ.get(key)
+        except Exception:
+            value = None
+        clean[key] = value if isinstance(value, str) else ""
+    return clean.get
 
 
 def _internal_error(writer: SpoolWriter) -> None:
@@ -270,12 +312,15 @@ class _Call:
     def __call__(
         self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
     ) -> Callable[[bytes], object]:
-        self.status = status
-        self.headers_ns = _monotonic_ns()
+        called_ns = _monotonic_ns()
+        # The server first: when it refuses (headers already sent) and re-raises, what it
+        # sent stays what we record.
         if exc_info is not None:
             write = self.server_start_response(status, headers, exc_info)
         else:
             write = self.server_start_response(status, headers)
+        self.status = status
+        self.headers_ns = called_ns
         self.server_write = write
         return self.write
 
@@ -331,7 +376,11 @@ class _Call:
     def __iter__(self) -> Iterator[bytes]:
         if self.flags & _SEQUENCE:  # a list or tuple: counted already, iterate it natively
             return iter(self.result)
-        self.iterator = iter(self.result)
+        try:
+            self.iterator = iter(self.result)
+        except BaseException:
+            self.flags |= fmt.FLAG_APP_RAISED
+            raise
         return self
 
     def __next__(self) -> bytes:
@@ -371,10 +420,27 @@ class _Call:
         environ = self.environ
         slot = self.slot
         try:
+            # Everything that can fail comes before the ring entry is claimed: a claimed
+            # entry left unwritten would hold readers back until they give it up as torn.
             template = environ.get(ROUTE_KEY)
+            route = None
+            if template and isinstance(template, str):
+                route = _templates.get(template)
+                flags |= fmt.FLAG_ROUTE_TEMPLATE
             proxy = _proxy_wall_ns(environ) if flags & _PROXY_PENDING else 0
             status = self.status
             code = _STATUS.get(status) or _status_code(status)
+            server_port = _server_port(environ.get("SERVER_PORT"))
+            exit_part = _EXIT_bytes(
+                self.headers_ns,
+                exit_ns,
+                proxy,
+                self.bytes_sent,
+                code,
+                flags & _RECORDED_FLAGS,
+                server_port,
+                slot,
+            )
             seq = next(writer.record_seq)
             off = writer.record_base + (seq % writer.ring_capacity) * _RECORD_SIZE
             mm = writer.mm
@@ -384,21 +450,9 @@ class _Call:
                 mm[off : off + _SLOT_SIZE] = mm[start : start + _SLOT_SIZE]
             else:
                 mm[off : off + _SLOT_SIZE] = self.image  # set whenever there is no slot
-            if template and isinstance(template, str):
-                _ROUTE_pack(mm, off + _ROUTE_OFF, _templates.get(template))
-                flags |= fmt.FLAG_ROUTE_TEMPLATE
-            _EXIT_pack(
-                mm,
-                off + _EXIT_OFF,
-                self.headers_ns,
-                exit_ns,
-                proxy,
-                self.bytes_sent,
-                code,
-                flags & _RECORDED_FLAGS,
-                _server_port(environ.get("SERVER_PORT")),
-                slot,
-            )
+            if route is not None:
+                _ROUTE_pack(mm, off + _ROUTE_OFF, route)
+            mm[off + _EXIT_OFF : off + _SEQ_OFF] = exit_part
             seq += 1  # entries carry sequence + 1, so zeroed memory never looks written
             _U64_pack(mm, off + _SEQ_OFF, seq)
             _U64_pack(mm, _HEAD_OFF, seq)
@@ -454,7 +508,10 @@ def _port_number(text: object) -> int:
 
 
 def _server_port(text: object) -> int:
-    return _ports.get(text) or _port_number(text)
+    try:
+        return _ports.get(text) or _port_number(text)
+    except TypeError:  # unhashable
+        return 0
 
 
 def _route_for_path(path: str, script_name: object) -> bytes:

@@ -168,7 +168,9 @@ class SpoolReader:
         self._record_base = fmt.HEADER_SIZE + h.slot_count * fmt.SLOT_SIZE
         self._accept_base = self._record_base + h.ring_capacity * fmt.RECORD_SIZE
         oldest = max(0, h.ring_head - h.ring_capacity)
-        self.cursor = max(h.reader_cursor, oldest) if self.track else oldest
+        # A tracking reader resumes where the last one stopped, so what was overwritten
+        # meanwhile (or before any reader came) is counted lost, not silently skipped.
+        self.cursor = h.reader_cursor if self.track else oldest
         self.accept_cursor = max(0, h.accept_head - h.accept_capacity)
         self._stuck_at = -1
         self._stuck_since = 0
