@@ -9,3 +9,7 @@ class WsgiwatchError(Exception):
 
 class SpoolFormatError(WsgiwatchError, ValueError):
     """A spool file is truncated, corrupted, or of another version. Names the file."""
+
+
+class SpoolNotReady(SpoolFormatError):
+    """A spool whose magic is still zero: its process is creating it right now."""

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from wsgiwatch import spool_format as fmt
-from wsgiwatch.errors import SpoolFormatError
+from wsgiwatch.errors import SpoolFormatError, SpoolNotReady
 
 __all__ = [
     "AcceptEvent",
@@ -56,6 +56,11 @@ class SpoolHeader:
     @property
     def accept_hook(self) -> bool:
         return bool(self.flags & fmt.HEADER_FLAG_ACCEPT_HOOK)
+
+    @property
+    def cooperative(self) -> bool:
+        """Requests run as greenlets in one thread (gevent, eventlet monkey-patching)."""
+        return bool(self.flags & fmt.HEADER_FLAG_COOPERATIVE)
 
     @property
     def capacity(self) -> int:
@@ -227,6 +232,8 @@ class SpoolReader:
             _cap,
             _ppid,
         ) = fmt.HEADER_IDENTITY.unpack_from(mm, 0)
+        if magic == b"\0" * 8:
+            raise SpoolNotReady(f"{path}: not initialised yet (magic still zero)")
         if magic != fmt.MAGIC:
             raise SpoolFormatError(
                 f"{path}: bad magic {magic!r} at offset 0 (not a wsgiwatch "

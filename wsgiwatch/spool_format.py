@@ -58,6 +58,7 @@ U64: Final = struct.Struct("<Q")
 HEADER_FLAG_ACCEPT_HOOK: Final = 1  # an accept hook writes accept events into this spool
 HEADER_FLAG_MULTITHREAD: Final = 2  # wsgi.multithread was true
 HEADER_FLAG_MULTIPROCESS: Final = 4  # wsgi.multiprocess was true
+HEADER_FLAG_COOPERATIVE: Final = 8  # greenlets: gevent or eventlet patched the threading module
 
 # --- scoreboard slot ----------------------------------------------------------------------
 SLOT_SIZE: Final = 144

@@ -172,7 +172,8 @@ class SpoolWriter:
             self.mm, fmt.OFF_SERVER, software.encode("ascii", "replace")[:32]
         )
         self.set_flags(
-            (fmt.HEADER_FLAG_MULTITHREAD if multithread else 0)
+            (fmt.HEADER_FLAG_COOPERATIVE if greenlets_patched() else 0)
+            | (fmt.HEADER_FLAG_MULTITHREAD if multithread else 0)
             | (fmt.HEADER_FLAG_MULTIPROCESS if multiprocess else 0)
         )
 
@@ -249,3 +250,21 @@ def open_spool(
 
 def platform_supported() -> bool:
     return sys.platform != "win32"
+
+
+def greenlets_patched() -> bool:
+    """Whether gevent or eventlet has replaced threads with greenlets in this process."""
+    gevent_monkey = sys.modules.get("gevent.monkey")
+    if gevent_monkey is not None:
+        try:
+            if gevent_monkey.is_module_patched("threading"):
+                return True
+        except Exception:
+            pass
+    eventlet_patcher = sys.modules.get("eventlet.patcher")
+    if eventlet_patcher is not None:
+        try:
+            return bool(eventlet_patcher.is_monkey_patched("thread"))
+        except Exception:
+            return False
+    return False

@@ -76,7 +76,7 @@ class Histogram:
         self, name: str, documentation: str, labelnames: Sequence[str]
     ) -> HistogramMetricFamily:
         fam = HistogramMetricFamily(name, documentation, labels=list(labelnames))
-        for labels, series in self._series.items():
+        for labels, series in list(self._series.items()):  # a poll may add labels meanwhile
             running = 0.0
             buckets: list[tuple[str, float]] = []
             for bound, count in zip((*self._bounds, math.inf), series[:-1], strict=True):
@@ -103,7 +103,7 @@ class Counter:
         return self._values.get(labels, 0.0)
 
     def total(self) -> float:
-        return sum(self._values.values())
+        return sum(list(self._values.values()))
 
     def items(self) -> list[tuple[tuple[str, ...], float]]:
         return list(self._values.items())
@@ -114,6 +114,6 @@ class Counter:
         fam = CounterMetricFamily(name, documentation, labels=list(labelnames))
         if not labelnames and not self._values:
             fam.add_metric([], 0.0)
-        for labels, value in self._values.items():
+        for labels, value in list(self._values.items()):  # a poll may add labels meanwhile
             fam.add_metric(list(labels), value)
         return fam

@@ -92,3 +92,36 @@ def had_free_slot(
         if busy < capacity:
             return True
     return False
+
+
+def time_at_capacity(
+    start_ns: int, end_ns: int, runs: Iterable[Run], capacity: int, now_ns: int
+) -> int:
+    """Nanoseconds of [start, end) during which ``runs`` filled ``capacity`` slots or more.
+
+    A request counts as blocked only for time its process was full: one that waited while a
+    slot stood free was held up by something else (a slow thread pool, the GIL), and blaming
+    the requests that happened to run then would be wrong.
+    """
+    if end_ns <= start_ns:
+        return 0
+    events: list[tuple[int, int]] = []
+    for run in runs:
+        run_start, run_end = max(run.entry_ns, start_ns), min(run.end(now_ns), end_ns)
+        if run_end > run_start:
+            events.append((run_start, +1))
+            events.append((run_end, -1))
+    events.sort(key=lambda e: (e[0], e[1]))
+    busy = 0
+    full_since = 0
+    total = 0
+    for at, delta in events:
+        if delta > 0:
+            busy += 1
+            if busy == capacity:
+                full_since = at
+        else:
+            if busy == capacity:
+                total += at - full_since
+            busy -= 1
+    return total

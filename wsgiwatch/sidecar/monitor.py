@@ -31,7 +31,7 @@ from wsgiwatch.sidecar.connections import (
     unix_listeners,
     unix_unread,
 )
-from wsgiwatch.sidecar.detect import Run, blockers, had_free_slot
+from wsgiwatch.sidecar.detect import Run, blockers, had_free_slot, time_at_capacity
 from wsgiwatch.sidecar.workers import Worker, WorkerRegistry
 from wsgiwatch.spool import Record
 
@@ -49,6 +49,10 @@ INCIDENTS_KEPT = 1000
 
 def _status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status < 600 else "unknown"
+
+
+def _peer_text(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
 def _addr(addr: str) -> str:
@@ -112,7 +116,6 @@ class Monitor:
         )
         # Health.
         self.poll_durations = acc.Histogram(acc.POLL_BUCKETS)
-        self.poll_errors = 0
         self.polls = 0
         self.last_poll_mono = 0.0
         self.last_poll_duration = 0.0
@@ -137,6 +140,10 @@ class Monitor:
             result = worker.reader.read_records()
             self.torn += result.torn
             worker.last_lost = worker.reader.header().reader_lost
+            if result.records and worker.running:
+                # Finished between the scoreboard read and now: one run, not two.
+                done = {r.request for r in result.records}
+                worker.running = [r for r in worker.running if r.request not in done]
             for record in result.records:
                 worker.history.append(
                     Run(
@@ -174,11 +181,12 @@ class Monitor:
             self._accepted_pending.pop((worker.pid, _addr(slot.peer), slot.peer_port), None)
 
     def _read_accepts(self, worker: Worker, now: int) -> None:
+        serving = {(_addr(s.peer), s.peer_port) for s in worker.slots}
         for event in worker.reader.read_accepts():
             self.accepted.inc((str(worker.index),))
-            if event.peer_port:
-                key = (worker.pid, _addr(event.peer), event.peer_port)
-                self._accepted_pending[key] = event.accept_ns
+            peer = (_addr(event.peer), event.peer_port)
+            if event.peer_port and peer not in serving:
+                self._accepted_pending[(worker.pid, peer[0], peer[1])] = event.accept_ns
         for key, accept_ns in list(self._accepted_pending.items()):
             if now - accept_ns > ACCEPT_TTL_NS:
                 del self._accepted_pending[key]
@@ -198,9 +206,10 @@ class Monitor:
             return None
         self.kernel_notices = snapshot.notices
         listeners = find_listeners(snapshot, inodes, self.listener_ports or None)
-        self.listen_backlog = {listener_label(s): (s.rqueue, s.wqueue) for s in listeners}
         unix = unix_listeners(snapshot, inodes)
-        self.listen_backlog.update({f"unix:{s.path}": (s.rqueue, s.wqueue) for s in unix})
+        backlog = {listener_label(s): (s.rqueue, s.wqueue) for s in listeners}
+        backlog.update({f"unix:{s.path}": (s.rqueue, s.wqueue) for s in unix})
+        self.listen_backlog = backlog  # replaced whole: scrapes read it from other threads
         self._unix_unread = unix_unread(snapshot, unix, inodes)
         seen_inodes = {s.inode for socks in self._unix_unread.values() for s in socks}
         for inode in list(self._unix_first_seen):
@@ -229,10 +238,11 @@ class Monitor:
         """(max(accept, arrival), the source that says so) or None if nothing does."""
         reused = bool(record.flags & fmt.FLAG_REUSED_CONNECTION)
         key = (worker.pid, _addr(record.peer), record.peer_port)
-        kernel = self._pending.pop(key, None)
-        kernel_arrival = (
-            kernel[0] if kernel and kernel[0] <= (record.entry_ns + ARRIVAL_TOLERANCE_NS) else 0
-        )
+        kernel = self._pending.get(key)
+        kernel_arrival = 0
+        if kernel and kernel[0] <= record.entry_ns + ARRIVAL_TOLERANCE_NS:
+            kernel_arrival = kernel[0]
+            del self._pending[key]  # a later one belongs to the connection's next request
         self._accepted_pending.pop(key, None)
         if record.accept_source == "hook":
             accept = 0 if reused else record.accept_ns  # a kept-alive request came later
@@ -270,18 +280,24 @@ class Monitor:
         wait_ns = max(0, record.entry_ns - ready_ns)
         self.queue_waits.observe((route,), wait_ns / 1e9)
         self._observe_phases(record, ready_ns, source, wall_offset)
-        if wait_ns <= self.threshold_ns:
+        # A proxy's timestamp also covers the proxy and the kernel backlog, where waiting is
+        # healthy: it sizes the wait, but cannot say the process was at fault.
+        if wait_ns <= self.threshold_ns or source == "header":
             return
-        blames = blockers(
-            ready_ns, record.entry_ns, (record.pid, record.request), worker.recent_runs(), now
-        )
+        others = [
+            r for r in worker.recent_runs() if (r.pid, r.request) != (record.pid, record.request)
+        ]
+        full_ns = time_at_capacity(ready_ns, record.entry_ns, others, worker.blocking_capacity, now)
+        if full_ns <= self.threshold_ns:
+            return  # it waited while a slot stood free: not behind these requests
+        blames = blockers(ready_ns, record.entry_ns, (record.pid, record.request), others, now)
         if not blames:
             return
         main = blames[0].run
         self.blocked.inc((self._blocker_route(main.route),))
         for blame in blames:
             self.blocked_seconds.inc((self._blocker_route(blame.run.route),), blame.share_s)
-        siblings = [w for w in workers if w is not worker and w.ppid == worker.ppid]
+        siblings = [w for w in workers if w is not worker and w.alive and w.ppid == worker.ppid]
         misrouted = any(
             had_free_slot(
                 ready_ns,
@@ -314,7 +330,8 @@ class Monitor:
     def _observe_phases(self, record: Record, ready_ns: int, source: str, wall_offset: int) -> None:
         entry = record.entry_ns
         accept = record.accept_ns if record.accept_source != "none" else 0
-        self.wait_phases.observe(("process",), max(0, entry - ready_ns) / 1e9)
+        if source != "header":
+            self.wait_phases.observe(("process",), max(0, entry - ready_ns) / 1e9)
         if record.arrival_ns and accept and record.arrival_ns < accept:
             self.wait_phases.observe(("backlog",), (accept - record.arrival_ns) / 1e9)
         if record.proxy_wall_ns and source != "header":
@@ -338,7 +355,7 @@ class Monitor:
                 "method": record.method,
                 "route": record.route,
                 "status": record.status,
-                "peer": f"{record.peer}:{record.peer_port}",
+                "peer": _peer_text(record.peer, record.peer_port),
                 "worker": worker.index,
                 "pid": record.pid,
                 "queue_wait_s": round(wait_ns / 1e9, 6),
@@ -424,12 +441,12 @@ class Monitor:
 
     # -- the contract ------------------------------------------------------------------------
     def incidents(self, limit: int = 100) -> list[dict[str, Any]]:
-        return list(reversed(self._incidents))[: max(0, limit)]
+        # Copied first: the poll thread may append meanwhile (the HTTP side never locks).
+        return list(reversed(list(self._incidents)))[: max(0, limit)]
 
     def health(self) -> dict[str, Any]:
         return {
             "polls": self.polls,
-            "poll_errors": self.poll_errors,
             "last_poll_age_s": (time.monotonic() - self.last_poll_mono if self.polls else None),
             "last_poll_duration_s": self.last_poll_duration,
             "poll_interval_s": self.poll_interval_s,
@@ -569,7 +586,7 @@ class Monitor:
             "wsgiwatch_worker_accepted_total", "Connections a worker accepted.", ["worker"]
         )
         cpu = acc.Counter()
-        for index, seconds in self.cpu_seconds.items():
+        for index, seconds in list(self.cpu_seconds.items()):
             cpu.inc((str(index),), seconds)
         yield cpu.family("wsgiwatch_worker_cpu_seconds_total", "CPU time of a worker.", ["worker"])
 

@@ -1,9 +1,10 @@
-"""The sidecar's HTTP side and its poll loop.
+"""The sidecar's HTTP side, next to its poll loop.
 
-A background thread calls ``monitor.poll()`` on a fixed-rate schedule; a threaded werkzeug
-server answers scrapes meanwhile, so a slow poll never makes a scrape wait. ``collect()``,
-``incidents()`` and ``health()`` are therefore called while a poll may be running in
-another thread: the monitor must allow that.
+A background thread (:class:`~wsgiwatch.sidecar.poll_loop.PollLoop`) calls
+``monitor.poll()`` on a fixed-rate schedule; a threaded werkzeug server answers scrapes
+meanwhile, so a slow poll never makes a scrape wait. ``collect()``, ``incidents()`` and
+``health()`` are therefore called while a poll may be running in another thread: the
+monitor must allow that.
 
 Routes:
 
@@ -11,7 +12,7 @@ Routes:
   ``CollectorRegistry`` (never the global one), as Prometheus text 0.0.4 or OpenMetrics
   according to ``Accept``, gzip-compressed when ``Accept-Encoding`` allows it.
 - ``/healthz``: ``monitor.health()`` plus the loop's state as JSON; 503 once the last
-  successful poll is older than :data:`STALE_AFTER_INTERVALS` poll intervals.
+  successful poll is older than 3 poll intervals (see :mod:`wsgiwatch.sidecar.poll_loop`).
 - ``/api/incidents?limit=N``: ``{"incidents": [...]}``, newest first.
 """
 
@@ -20,10 +21,9 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import math
 import signal
+import socket
 import threading
-import time
 from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
@@ -36,115 +36,16 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from wsgiwatch.sidecar.contract import MonitorProtocol
+from wsgiwatch.sidecar.poll_loop import STOP_JOIN_TIMEOUT_S, PollLoop
 
 log = structlog.get_logger("wsgiwatch.sidecar")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9808
-#: /healthz turns 503 when no poll has succeeded for this many poll intervals.
-STALE_AFTER_INTERVALS = 3
 #: Largest ``limit`` accepted by /api/incidents.
 MAX_INCIDENTS = 1000
 #: How often the HTTP thread checks for shutdown (socketserver's default is 0.5 s).
 SHUTDOWN_POLL_S = 0.1
-#: How long stop() waits for a poll in progress before leaving its (daemon) thread behind.
-STOP_JOIN_TIMEOUT_S = 10.0
-
-
-def next_deadline(deadline: float, now: float, interval: float) -> float:
-    """The first tick of the schedule ``deadline + k * interval`` (k >= 1) later than ``now``.
-
-    Ticks are computed from the previous tick, not from when a poll ended, so the rate does
-    not drift by the poll's own duration; ticks missed by an overrunning poll are skipped
-    rather than made up in a burst.
-    """
-    deadline += interval
-    if deadline <= now:
-        deadline += (math.floor((now - deadline) / interval) + 1) * interval
-    return deadline
-
-
-class PollLoop:
-    """Calls ``monitor.poll()`` every ``interval_s`` seconds in a daemon thread.
-
-    A failing poll is logged (``sidecar.poll_failed``) and counted; the loop goes on.
-    """
-
-    def __init__(self, monitor: MonitorProtocol, interval_s: float) -> None:
-        if not interval_s > 0:
-            raise ValueError(f"poll interval must be positive, got {interval_s!r}")
-        self.monitor = monitor
-        self.interval_s = interval_s
-        self.polls = 0
-        self.failures = 0
-        self.overruns = 0  # ticks skipped because a poll took longer than the interval
-        self.started_at: float | None = None
-        self.last_success: float | None = None
-        self.last_error: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="wsgiwatch-poll", daemon=True)
-
-    def start(self) -> None:
-        self.started_at = time.monotonic()
-        self._thread.start()
-
-    def stop(self, timeout: float = STOP_JOIN_TIMEOUT_S) -> bool:
-        """Stop after the poll in progress; False if it did not finish within ``timeout``."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    def poll_once(self) -> bool:
-        try:
-            self.monitor.poll()
-        except Exception as exc:  # a broken poll must never end the loop
-            self.failures += 1
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            log.exception("sidecar.poll_failed", failures=self.failures)
-            return False
-        self.polls += 1
-        self.last_success = time.monotonic()
-        return True
-
-    def _run(self) -> None:
-        deadline = time.monotonic()
-        while not self._stop.is_set():
-            self.poll_once()
-            now = time.monotonic()
-            following = next_deadline(deadline, now, self.interval_s)
-            self.overruns += round((following - deadline) / self.interval_s) - 1
-            deadline = following
-            if self._stop.wait(deadline - now):
-                break
-
-    def seconds_since_success(self, now: float | None = None) -> float | None:
-        """Age of the last successful poll (before the first: time since start)."""
-        since = self.last_success if self.last_success is not None else self.started_at
-        if since is None:
-            return None
-        return (time.monotonic() if now is None else now) - since
-
-    def healthy(self, now: float | None = None) -> bool:
-        age = self.seconds_since_success(now)
-        return age is not None and age <= STALE_AFTER_INTERVALS * self.interval_s
-
-    def status(self) -> dict[str, Any]:
-        age = self.seconds_since_success()
-        if age is None:
-            state = "stopped"
-        elif not self.healthy():
-            state = "stale"
-        else:
-            state = "ok" if self.last_success is not None else "starting"
-        return {
-            "status": state,
-            "successful_polls": self.polls,
-            "poll_failures": self.failures,
-            "poll_overruns": self.overruns,
-            "seconds_since_successful_poll": None if self.last_success is None else age,
-            "last_poll_error": self.last_error,
-        }
 
 
 class _LoopCollector:
@@ -260,8 +161,9 @@ class _RequestHandler(WSGIRequestHandler):
 class SidecarServer:
     """Serves one monitor's HTTP side on ``host:port`` and polls it every interval.
 
-    The socket is bound here (``port=0`` picks a free one; see :attr:`port`); nothing runs
-    until :meth:`start`. :meth:`stop` shuts the HTTP side down and joins the poll thread.
+    The socket is bound here (``port=0`` picks a free one; see :attr:`port`; a taken port
+    raises ``OSError``); nothing runs until :meth:`start`. :meth:`stop` shuts the HTTP side
+    down and joins the poll thread.
     """
 
     def __init__(
@@ -275,9 +177,17 @@ class SidecarServer:
         self.monitor = monitor
         self.loop = PollLoop(monitor, poll_interval_s)
         self.app = SidecarApp(monitor, self.loop)
-        self._http = make_server(
-            host, port, self.app, threaded=True, request_handler=_RequestHandler
-        )
+        # Bound here rather than by werkzeug, which answers a taken port with sys.exit(1).
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.create_server((host, port), family=family, backlog=128) as listener:
+            self._http = make_server(
+                host,
+                port,
+                self.app,
+                threaded=True,
+                request_handler=_RequestHandler,
+                fd=listener.fileno(),  # werkzeug uses a duplicate of it
+            )
         self.host = host
         self.port: int = self._http.socket.getsockname()[1]
         self._http_thread = threading.Thread(

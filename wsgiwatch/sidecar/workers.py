@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from wsgiwatch.errors import SpoolFormatError
+from wsgiwatch.errors import SpoolFormatError, SpoolNotReady
 from wsgiwatch.procstat import process_start_ticks
 from wsgiwatch.sidecar.detect import Run
 from wsgiwatch.spool import SlotState, SpoolHeader, SpoolReader, list_spools
@@ -52,6 +52,12 @@ class Worker:
     @property
     def capacity(self) -> int:
         return self.header.capacity
+
+    @property
+    def blocking_capacity(self) -> int:
+        """Capacity for blocking verdicts: 1 where greenlets share one thread, since a
+        greenlet that does not yield holds the whole process however many slots it has."""
+        return 1 if self.header.cooperative else self.capacity
 
     @property
     def busy(self) -> int:
@@ -113,6 +119,8 @@ class WorkerRegistry:
             return None  # same damaged file as last time: already counted and logged
         try:
             reader = SpoolReader(path)
+        except SpoolNotReady:
+            return None  # being created right now: next poll
         except SpoolFormatError as exc:
             self._bad[path] = mtime
             self.spool_errors += 1
@@ -127,7 +135,8 @@ class WorkerRegistry:
         """Forget a dead worker whose spool was drained, and remove its file."""
         path = worker.reader.path
         self.workers.pop(path, None)
-        self.retired_lost += worker.last_lost
+        h = worker.header
+        self.retired_lost += worker.last_lost + h.slots_exhausted + h.write_errors
         worker.reader.close()
         try:
             os.unlink(path)
@@ -137,7 +146,7 @@ class WorkerRegistry:
             logger.warning("spool.remove_failed: %s: %s", path, exc)
 
     def live(self) -> list[Worker]:
-        return [w for w in self.workers.values() if w.alive]
+        return [w for w in list(self.workers.values()) if w.alive]  # list(): polls mutate it
 
     def close(self) -> None:
         for worker in self.workers.values():
