@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from wsgiwatch import __version__, run
+from wsgiwatch import __version__, demo, run
 from wsgiwatch.sidecar import cli_sidecar
 from wsgiwatch.sidecar.cli_sidecar import ConfigError
 
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", dest="subcommand", metavar="COMMAND")
     cli_sidecar.register(subparsers)
     run.register(subparsers)
+    demo.register(subparsers)
     return parser
 
 
