@@ -66,28 +66,42 @@ class Prometheus:
 
 
 @contextlib.contextmanager
-def prometheus(targets: Sequence[str], *, scrape_interval: str = "1s",
-               rule_files: Sequence[str] = (),
-               alertmanager: str | None = None) -> Iterator[Prometheus]:
+def prometheus(
+    targets: Sequence[str],
+    *,
+    scrape_interval: str = "1s",
+    rule_files: Sequence[str] = (),
+    alertmanager: str | None = None,
+) -> Iterator[Prometheus]:
     """Run Prometheus on 127.0.0.1 scraping ``targets`` (host:port) until the block ends."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="wsgiwatch-prom-") as tmp:
         config = {
             "global": {"scrape_interval": scrape_interval, "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": "wsgiwatch",
-                                "static_configs": [{"targets": list(targets)}]}],
+            "scrape_configs": [
+                {"job_name": "wsgiwatch", "static_configs": [{"targets": list(targets)}]}
+            ],
             "rule_files": list(rule_files),
         }
         if alertmanager:
-            config["alerting"] = {"alertmanagers": [{"static_configs": [
-                {"targets": [alertmanager]}]}]}
+            config["alerting"] = {
+                "alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]
+            }
         path = os.path.join(tmp, "prometheus.yml")
         with open(path, "w") as f:
             json.dump(config, f)  # JSON is YAML
         proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={path}", f"--storage.tsdb.path={tmp}/data",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+            [
+                PROMETHEUS,
+                f"--config.file={path}",
+                f"--storage.tsdb.path={tmp}/data",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         prom = Prometheus(port, proc)
         try:
             deadline = time.monotonic() + 30

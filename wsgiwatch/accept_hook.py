@@ -30,9 +30,10 @@ from wsgiwatch.routes import peer_bytes
 
 logger = logging.getLogger("wsgiwatch")
 
-#: (peer address, peer port) -> [accept_ns, arrival_ns or 0, requests served so far].
-#: Written by the hook, read by the middleware; a new connection from the same address and
-#: port replaces the old entry, which is why a stale entry can never be matched.
+#: (peer address, peer port) -> [accept_ns, arrival_ns or 0, requests served so far,
+#: when the server found the next request complete or 0]. Written by the hook, read by the
+#: middleware; a new connection from the same address and port replaces the old entry, which
+#: is why a stale entry can never be matched.
 ACCEPTED: dict[tuple[str, int], list[int]] = {}
 ACCEPTED_LIMIT: Final = 8192
 
@@ -72,7 +73,7 @@ def record_accept(sock: socket.socket, addr: Any, spool_dir: str) -> None:
             peer, port = str(addr[0]), int(addr[1])
             if len(ACCEPTED) >= ACCEPTED_LIMIT:
                 ACCEPTED.clear()
-            ACCEPTED[(peer, port)] = [now, arrival, 0]
+            ACCEPTED[(peer, port)] = [now, arrival, 0, 0]
             server_port = sock.getsockname()[1]
         else:  # unix socket: no peer to match a request by; the accept event still counts
             peer, port, server_port = "", 0, 0
@@ -87,21 +88,48 @@ def wrap_accept(accept: AcceptFn, spool_dir: str | None = None) -> AcceptFn:
     """``accept`` that records each accepted connection first."""
     directory = resolve_dir(spool_dir)
 
-    def accept_and_record() -> tuple[socket.socket, Any]:
-        sock, addr = accept()
-        record_accept(sock, addr, directory)
-        return sock, addr
+    def accept_and_record() -> Any:
+        pair = accept()
+        # waitress's accept() returns None when another process took the connection
+        # (EAGAIN, ECONNABORTED): nothing to record, and nothing to break.
+        if pair is not None:
+            record_accept(pair[0], pair[1], directory)
+        return pair
 
     accept_and_record.__wrapped__ = accept  # type: ignore[attr-defined]
     return accept_and_record
 
 
-def mark_spool(spool_dir: str | None, capacity: int | None) -> None:
-    """Open this process's spool now (so the sidecar sees an idle worker) and flag it."""
+def arrival_from_socket(sock: object, now_ns: int) -> int:
+    """Arrival of the request just read from an accepted TCP socket (``TCP_INFO``), or 0."""
+    if _TCP_INFO is None or not isinstance(sock, socket.socket):
+        return 0
+    try:
+        return arrival_from_tcp_info(
+            sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_LEN), now_ns
+        )
+    except OSError:  # not TCP (a unix socket), or already closed
+        return 0
+
+
+def note_request_ready(addr: Any) -> None:
+    """The server has a complete request from ``addr`` in hand (waitress queues it now)."""
+    try:
+        conn = ACCEPTED.get((str(addr[0]), int(addr[1])))
+        if conn is not None:
+            conn[3] = time.monotonic_ns()
+    except Exception:
+        pass
+
+
+def mark_spool(spool_dir: str | None, capacity: int | None, *, hooked: bool = True) -> None:
+    """Open this process's spool now (so the sidecar sees an idle worker); flag it as
+    hooked only when accepts are really recorded."""
     writer = writer_for(resolve_dir(spool_dir))
     if writer is None:
         return
-    writer.set_flags(fmt.HEADER_FLAG_ACCEPT_HOOK)
+    if hooked:
+        writer.set_flags(fmt.HEADER_FLAG_ACCEPT_HOOK)
     if capacity:
         writer.set_declared_capacity(capacity)
 
@@ -122,7 +150,7 @@ def install_gunicorn(worker: Any, spool_dir: str | None = None) -> bool:
         capacity = 1
     if kind not in _GUNICORN_HOOKABLE:
         logger.info("wsgiwatch: no accept hook for gunicorn worker %s; kernel data only", kind)
-        mark_spool(spool_dir, None)
+        mark_spool(spool_dir, None, hooked=False)
         return False
     for listener in worker.sockets:
         # gunicorn's socket wrapper forwards unknown attributes to the real socket; an
@@ -131,6 +159,17 @@ def install_gunicorn(worker: Any, spool_dir: str | None = None) -> bool:
             listener.accept = wrap_accept(listener.sock.accept, spool_dir)
     mark_spool(spool_dir, capacity)
     return True
+
+
+def _noting_add_task(original: Any) -> Any:
+    """waitress hands a channel to its thread pool once a request is complete: that is the
+    request's arrival, which TCP_INFO cannot give for kept-alive connections."""
+
+    def add_task(channel: Any) -> Any:
+        note_request_ready(getattr(channel, "addr", None) or ("", 0))
+        return original(channel)
+
+    return add_task
 
 
 def serve_waitress(app: Any, *, spool_dir: str | None = None, **kwargs: Any) -> None:
@@ -154,5 +193,6 @@ def create_waitress_server(app: Any, *, spool_dir: str | None = None, **kwargs: 
         if isinstance(listener, waitress.server.BaseWSGIServer):
             # wasyncore's handle_accept calls self.accept(); shadow it on this instance.
             listener.accept = wrap_accept(listener.accept, spool_dir)
+            listener.add_task = _noting_add_task(listener.add_task)
     mark_spool(spool_dir, int(kwargs.get("threads", 4)))
     return server

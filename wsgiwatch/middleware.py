@@ -18,8 +18,9 @@ from typing import Any, Final
 
 from wsgiwatch import accept_hook
 from wsgiwatch import spool_format as fmt
+from wsgiwatch.accept_hook import arrival_from_socket
 from wsgiwatch.arrival import parse_mod_wsgi_time, parse_proxy_header, wall_to_monotonic_ns
-from wsgiwatch.process_spool import resolve_dir, writer_for
+from wsgiwatch.process_spool import request_geometry, resolve_dir, writer_for
 from wsgiwatch.routes import BytesCache, path_route_bytes, peer_bytes, template_route_bytes
 from wsgiwatch.spool_writer import DEFAULT_ACCEPTS, DEFAULT_RING, DEFAULT_SLOTS, SpoolWriter
 
@@ -36,14 +37,13 @@ StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 _monotonic_ns = time.monotonic_ns
-_get_ident = threading.get_ident
 _get_native_id = threading.get_native_id
 _METHOD_CODES = fmt.METHOD_CODES
 _SLOT_pack = fmt.SLOT.pack_into
 _SLOT_bytes = fmt.SLOT.pack
 _new_call = object.__new__
 _EXIT_bytes = fmt.RECORD_EXIT.pack
-_ROUTE_pack = fmt.ROUTE_FIELD.pack_into
+_ROUTE_LEN = fmt.ROUTE_FIELD.size
 _EXIT_OFF = fmt.RECORD_EXIT_OFFSET
 _ROUTE_OFF = fmt.RECORD_ROUTE_OFFSET
 _U64_pack = fmt.U64.pack_into
@@ -58,7 +58,7 @@ _SLOT_SIZE = fmt.SLOT_SIZE
 # Bounded caches shared by all instances: values seen over and over are encoded once.
 _templates = BytesCache(template_route_bytes)
 _peers: dict[str, bytes] = {}  # REMOTE_ADDR -> stored bytes; bounded in _peer_bytes
-_native_ids: dict[int, int] = {}
+_thread_local = threading.local()
 
 
 _STATUS: dict[str, int] = {}  # status line -> code, bounded
@@ -76,15 +76,14 @@ def _status_code(status: str) -> int:
 
 
 def _native_id() -> int:
-    ident = _get_ident()
+    """This thread's OS id, looked up once per thread (``get_native_id`` is a syscall's
+    worth of time). Kept in a thread-local, not a dict by ``get_ident()``: CPython hands
+    a dead thread's ident to the next new thread."""
     try:
-        return _native_ids[ident]
-    except KeyError:
-        pass
-    if len(_native_ids) > 4096:  # greenlet idents come and go
-        _native_ids.clear()
-    native = _native_ids[ident] = _get_native_id() & 0xFFFF_FFFF
-    return native
+        tid: int = _thread_local.tid
+    except AttributeError:
+        tid = _thread_local.tid = _get_native_id() & 0xFFFF_FFFF
+    return tid
 
 
 class WSGIWatch:
@@ -119,6 +118,7 @@ class WSGIWatch:
         self._capacity = capacity
         self._proxy_headers = proxy_headers
         self._geometry = (slots, ring_size, accept_events)
+        request_geometry(self._dir, self._geometry)
 
     @property
     def spool_dir(self) -> str:
@@ -126,10 +126,18 @@ class WSGIWatch:
 
     def _first_request(self, environ: Environ) -> SpoolWriter | None:
         """Slow path, once per process: open the spool and note what serves us."""
-        slots, ring, accepts = self._geometry
-        writer = writer_for(
-            self._dir, slot_count=slots, ring_capacity=ring, accept_capacity=accepts
-        )
+        writer = writer_for(self._dir)
+        if (
+            writer is not None
+            and (writer.slot_count, writer.ring_capacity, writer.accept_capacity) != self._geometry
+            and not _warned_geometry
+        ):
+            _warned_geometry.append(True)
+            logger.warning(
+                "wsgiwatch: the spool in %s was opened with another size than "
+                "this WSGIWatch asks for (two apps, one directory?)",
+                self._dir,
+            )
         if writer is not None:
             try:
                 writer.note_server(
@@ -181,7 +189,7 @@ class WSGIWatch:
             else:
                 accept = arrival = source = flags = 0
             call.flags = flags
-            tid = _native_ids.get(_get_ident()) or _native_id()
+            tid = _native_id()
             # The slot is taken last, so nothing above can fail while holding it; try/pop
             # rather than check-then-pop, since another thread may empty the list between.
             try:
@@ -224,7 +232,7 @@ class WSGIWatch:
 _ready: dict[str, SpoolWriter | None] = {}
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_ready.clear)
-    os.register_at_fork(after_in_child=_native_ids.clear)
+    os.register_at_fork(after_in_child=lambda: _thread_local.__dict__.clear())
 
 
 def _request_keys(get: Callable[[str], Any]) -> tuple[str, int, int, bytes, bytes]:
@@ -235,12 +243,15 @@ def _request_keys(get: Callable[[str], Any]) -> tuple[str, int, int, bytes, byte
     if port is None:
         port = _port_number(port_text)
     path = get("PATH_INFO") or ""
+    script = get("SCRIPT_NAME")
+    if script:  # an app mounted under a prefix: the route is the whole path
+        path = script + path
     return (
         peer,
         port,
         _METHOD_CODES.get(get("REQUEST_METHOD"), 0),
         _peers.get(peer) or _peer_bytes(peer),
-        _path_bytes.get(path) or _route_for_path(path, get("SCRIPT_NAME")),
+        _path_bytes.get(path) or _route_for_path(path),
     )
 
 
@@ -270,6 +281,7 @@ def _internal_error(writer: SpoolWriter) -> None:
 
 
 _logged: list[bool] = []
+_warned_geometry: list[bool] = []
 
 
 class _Call:
@@ -441,21 +453,25 @@ class _Call:
                 server_port,
                 slot,
             )
-            seq = next(writer.record_seq)
-            off = writer.record_base + (seq % writer.ring_capacity) * _RECORD_SIZE
             mm = writer.mm
-            mm[off + _SEQ_OFF : off + _RECORD_SIZE] = _INVALID
             if slot != _NO_SLOT:
                 start = _SLOT_BASE + slot * _SLOT_SIZE
-                mm[off : off + _SLOT_SIZE] = mm[start : start + _SLOT_SIZE]
+                image = mm[start : start + _SLOT_SIZE]
             else:
-                mm[off : off + _SLOT_SIZE] = self.image  # set whenever there is no slot
-            if route is not None:
-                _ROUTE_pack(mm, off + _ROUTE_OFF, route)
-            mm[off + _EXIT_OFF : off + _SEQ_OFF] = exit_part
-            seq += 1  # entries carry sequence + 1, so zeroed memory never looks written
-            _U64_pack(mm, off + _SEQ_OFF, seq)
-            _U64_pack(mm, _HEAD_OFF, seq)
+                image = self.image  # set whenever there is no slot
+            if route is not None:  # the route is the slot's last field
+                image = image[:_ROUTE_OFF] + route.ljust(_ROUTE_LEN, b"\0")
+            body = image + exit_part
+            # One writer at a time from claim to publish: a thread paused between these
+            # stores could otherwise be lapped by the others and publish a mixed entry.
+            with writer.lock:
+                seq = next(writer.record_seq)
+                off = writer.record_base + (seq % writer.ring_capacity) * _RECORD_SIZE
+                mm[off + _SEQ_OFF : off + _RECORD_SIZE] = _INVALID
+                mm[off : off + _SEQ_OFF] = body
+                seq += 1  # entries carry sequence + 1, so zeroed memory never looks written
+                _U64_pack(mm, off + _SEQ_OFF, seq)
+                _U64_pack(mm, _HEAD_OFF, seq)
         except Exception:
             _internal_error(writer)
         if slot != _NO_SLOT:
@@ -514,9 +530,8 @@ def _server_port(text: object) -> int:
         return 0
 
 
-def _route_for_path(path: str, script_name: object) -> bytes:
-    full = f"{script_name}{path}" if script_name and isinstance(script_name, str) else path
-    route = path_route_bytes(full)
+def _route_for_path(path: str) -> bytes:
+    route = path_route_bytes(path)
     if len(_path_bytes) >= 2048:  # a flood of distinct paths costs time, never memory
         _path_bytes.clear()
     _path_bytes[path] = route
@@ -535,14 +550,25 @@ def _accept_sources(
     accept = arrival = source = flags = 0
     conn = _ACCEPTED.get((peer, port)) if _ACCEPTED else None
     if conn is not None:
-        accept, arrival, uses = conn
+        accept, arrival, uses, ready = conn
+        conn[2] = uses + 1
+        conn[3] = 0
+        source = fmt.SOURCE_HOOK
         if uses:
             flags = fmt.FLAG_REUSED_CONNECTION
-            arrival = 0  # that arrival was the first request's
+            arrival = 0  # the connection's first request's; this one came later
+        if ready:  # the server said when it had this request complete (waitress)
+            arrival = ready
+            flags |= fmt.FLAG_ARRIVAL_SERVER
         elif arrival:
-            flags = fmt.FLAG_ARRIVAL_TCP_INFO
-        conn[2] = uses + 1
-        source = fmt.SOURCE_HOOK
+            flags |= fmt.FLAG_ARRIVAL_TCP_INFO
+        else:
+            # No bytes had come at accept, or a kept-alive request: the socket the server
+            # read it from says when they came (gunicorn hands it over). One getsockopt,
+            # paid only by those who turned the hook on.
+            arrival = arrival_from_socket(environ.get("gunicorn.socket"), _monotonic_ns())
+            if arrival:
+                flags |= fmt.FLAG_ARRIVAL_TCP_INFO
     elif _MOD_WSGI_START in environ:
         now_wall = time.time_ns()
         started = parse_mod_wsgi_time(environ[_MOD_WSGI_START], now_wall)

@@ -13,7 +13,9 @@ import threading
 import time
 
 from wsgiwatch import spool_format as fmt
+from wsgiwatch.errors import SpoolFormatError
 from wsgiwatch.procstat import process_start_ticks
+from wsgiwatch.spool import SpoolReader, list_spools
 from wsgiwatch.spool_writer import (
     DEFAULT_ACCEPTS,
     DEFAULT_RING,
@@ -38,13 +40,18 @@ def resolve_dir(spool_dir: str | None) -> str:
     return spool_dir or os.environ.get("WSGIWATCH_DIR") or default_spool_dir()
 
 
-def writer_for(
-    directory: str,
-    *,
-    slot_count: int = DEFAULT_SLOTS,
-    ring_capacity: int = DEFAULT_RING,
-    accept_capacity: int = DEFAULT_ACCEPTS,
-) -> SpoolWriter | None:
+Geometry = tuple[int, int, int]  # scoreboard slots, ring records, accept events
+DEFAULT_GEOMETRY: Geometry = (DEFAULT_SLOTS, DEFAULT_RING, DEFAULT_ACCEPTS)
+# directory -> the geometry a WSGIWatch asked for, so that an accept hook opening the spool
+# first (at worker start, before any request) still makes it the size the app wants.
+_geometry: dict[str, Geometry] = {}
+
+
+def request_geometry(directory: str, geometry: Geometry) -> None:
+    _geometry[directory] = geometry
+
+
+def writer_for(directory: str) -> SpoolWriter | None:
     """This process's writer for ``directory``; None (logged once) when it cannot exist."""
     try:
         return _writers[directory]
@@ -53,13 +60,11 @@ def writer_for(
     with _lock:
         if directory in _writers:
             return _writers[directory]
+        slots, ring, accepts = _geometry.get(directory, DEFAULT_GEOMETRY)
         writer: SpoolWriter | None
         try:
             writer = open_spool(
-                directory,
-                slot_count=slot_count,
-                ring_capacity=ring_capacity,
-                accept_capacity=accept_capacity,
+                directory, slot_count=slots, ring_capacity=ring, accept_capacity=accepts
             )
         except Exception as exc:  # any failure: serve on, unrecorded, and say so once
             logger.warning(
@@ -76,34 +81,45 @@ def writer_for(
 
 
 def remove_stale_spools(directory: str, *, now: float | None = None) -> int:
-    """Delete spool files of processes that are gone and whose file is old; returns count.
+    """Delete spool files of processes that are gone and that nobody needs; returns count.
 
-    A process is gone when its pid does not exist or now has another start time. Without
-    a sidecar nobody else would clean up (prometheus_client multiprocess mode's old sore).
+    A process is gone when its pid does not exist or now has another start time. Its file
+    is needed until a sidecar has drained it (the sidecar then removes it itself); a file
+    no reader ever followed is removed once it is older than ``STALE_SPOOL_AGE_S``, so files
+    do not pile up without a sidecar (prometheus_client multiprocess mode's old sore).
+    File times are no guide: writes through a shared mapping need not update them.
     """
-    now = time.time() if now is None else now
+    now_ns = int((time.time() if now is None else now) * 1e9)
     removed = 0
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return 0
-    for name in names:
-        if not name.endswith(fmt.SUFFIX):
-            continue
+    for path in list_spools(directory):
+        name = os.path.basename(path)
         try:
             pid_text, ticks_text = name[: -len(fmt.SUFFIX)].split("-", 1)
             pid, ticks = int(pid_text), int(ticks_text)
         except ValueError:
             continue
-        if process_start_ticks(pid) == ticks and ticks:
+        if ticks and process_start_ticks(pid) == ticks:
             continue  # alive
-        path = os.path.join(directory, name)
         try:
-            if now - os.stat(path).st_mtime > STALE_SPOOL_AGE_S:
+            with SpoolReader(path, track=False) as reader:
+                h = reader.header()
+            drained = h.reader_cursor >= h.ring_head and h.reader_cursor > 0
+            stale = drained or (
+                h.reader_cursor == 0 and now_ns - h.created_wall_ns > STALE_SPOOL_AGE_S * 1e9
+            )
+        except SpoolFormatError:
+            # Damaged, or its process died creating it: nobody writes it any more, so
+            # here the file's own time does tell its age.
+            try:
+                stale = now_ns / 1e9 - os.stat(path).st_mtime > STALE_SPOOL_AGE_S
+            except OSError:
+                continue
+        if stale:
+            try:
                 os.unlink(path)
                 removed += 1
-        except OSError:
-            pass  # another process removed it first
+            except OSError:
+                pass  # another process removed it first
     return removed
 
 

@@ -99,7 +99,10 @@ class Record:
 
     @property
     def ready_ns(self) -> int:
-        """max(accept, arrival): since when the request could have been served, or 0."""
+        """max(accept, arrival): since when the request could have been served, or 0. On a
+        kept-alive connection the accept was for an earlier request: only arrival counts."""
+        if self.flags & fmt.FLAG_REUSED_CONNECTION:
+            return self.arrival_ns
         return max(self.accept_ns, self.arrival_ns)
 
     @property
@@ -107,6 +110,10 @@ class Record:
         """entry - max(accept, arrival), when either is known from the worker itself."""
         ready = self.ready_ns
         return max(0, self.entry_ns - ready) if ready else None
+
+    @property
+    def reused_connection(self) -> bool:
+        return bool(self.flags & fmt.FLAG_REUSED_CONNECTION)
 
 
 @dataclass(frozen=True, slots=True)

@@ -121,6 +121,7 @@ FLAG_ROUTE_TEMPLATE: Final = 8  # route is a framework's template, not a folded 
 FLAG_REUSED_CONNECTION: Final = 16  # not the first request on its connection (keep-alive)
 FLAG_ARRIVAL_TCP_INFO: Final = 32  # arrival_ns read from TCP_INFO when accepted
 FLAG_NO_CLOSE_SEEN: Final = 64  # exit is when the app returned: close() could not be watched
+FLAG_ARRIVAL_SERVER: Final = 128  # arrival_ns is when the server had the request complete
 
 for _struct, _size in (
     (SLOT, SLOT_SIZE),

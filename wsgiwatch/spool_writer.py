@@ -15,6 +15,7 @@ import os
 import stat
 import sys
 import tempfile
+import threading
 import time
 
 from wsgiwatch import spool_format as fmt
@@ -71,6 +72,7 @@ class SpoolWriter:
         "accept_base",
         "accept_capacity",
         "free_slots",
+        "lock",
         "mm",
         "path",
         "pid",
@@ -100,6 +102,7 @@ class SpoolWriter:
         self.record_base = fmt.HEADER_SIZE + slot_count * fmt.SLOT_SIZE
         self.accept_base = self.record_base + ring_capacity * fmt.RECORD_SIZE
         self.record_seq = itertools.count()
+        self.lock = threading.Lock()  # held from claiming a ring entry to publishing it
         # Numbers requests in flight on the scoreboard (0 there means idle).
         self.request_numbers = itertools.count(1)
         self._accept_seq = itertools.count()
@@ -135,6 +138,18 @@ class SpoolWriter:
 
     # -- rings -----------------------------------------------------------------------------
     def write_accept(
+        self,
+        accept_ns: int,
+        arrival_ns: int,
+        peer_port: int,
+        server_port: int,
+        listener_fd: int,
+        peer: bytes,
+    ) -> None:
+        with self.lock:
+            self._write_accept(accept_ns, arrival_ns, peer_port, server_port, listener_fd, peer)
+
+    def _write_accept(
         self,
         accept_ns: int,
         arrival_ns: int,
