@@ -269,8 +269,9 @@ class PausingMmap(mmap.mmap):
 
     After that thread has copied its record's body into its ring entry and before it
     stamps (publishes) it, it waits for ``release``. This stands in, deterministically,
-    for the interpreter switching threads there, which it may do after any call: with a thread switch interval of 50 us, mixed
-    records showed up in a stress run of the tests above without any help.
+    for the interpreter switching threads there, which it may do after any call: with a
+    thread switch interval of 50 us, mixed records showed up in a stress run of the tests
+    above without any help (before the ring writes took a lock).
     """
 
     thread: int | None = None
