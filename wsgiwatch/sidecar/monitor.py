@@ -45,6 +45,8 @@ PENDING_TTL_NS = 120_000_000_000
 #: Accept-hook accepts with no request after this long were connections that sent nothing.
 ACCEPT_TTL_NS = 60_000_000_000
 INCIDENTS_KEPT = 1000
+#: Finished requests kept for the timeline and the API (a few minutes of a busy server).
+RECENT_KEPT = 20000
 
 
 def _status_class(status: int) -> str:
@@ -111,6 +113,7 @@ class Monitor:
         self._pending: dict[tuple[int, str, int], tuple[int, int]] = {}  # -> (arrival, seen)
         self._accepted_pending: dict[tuple[int, str, int], int] = {}
         self._seen_conns: dict[int, collections.OrderedDict[tuple[str, int], None]] = {}
+        self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_KEPT)
         self._incidents: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=INCIDENTS_KEPT
         )
@@ -271,6 +274,27 @@ class Monitor:
         self.durations.observe((route,), duration_s)
         self.busy_seconds.inc((label,), duration_s)
         self._note_connection(worker, record)
+        # What `wsgiwatch timeline` and the API show of this request; filled in below.
+        view: dict[str, Any] = {
+            "worker": worker.index,
+            "pid": record.pid,
+            "tid": record.tid,
+            "request": record.request,
+            "method": record.method,
+            "route": record.route,
+            "status": record.status,
+            "peer": _peer_text(record.peer, record.peer_port),
+            "accept_ns": record.accept_ns or None,
+            "ready_ns": None,
+            "entry_ns": record.entry_ns,
+            "exit_ns": record.exit_ns,
+            "wait_s": None,
+            "wait_source": "none",
+            "blocked": False,
+            "misrouted": False,
+            "blockers": [],
+        }
+        self.recent.append(view)
         ready = self._ready(worker, record, wall_offset)
         if ready is None:
             self.wait_sources.inc(("none",))
@@ -278,6 +302,7 @@ class Monitor:
         ready_ns, source = ready
         self.wait_sources.inc((source,))
         wait_ns = max(0, record.entry_ns - ready_ns)
+        view.update(ready_ns=ready_ns, wait_s=wait_ns / 1e9, wait_source=source)
         self.queue_waits.observe((route,), wait_ns / 1e9)
         self._observe_phases(record, ready_ns, source, wall_offset)
         # A proxy's timestamp also covers the proxy and the kernel backlog, where waiting is
@@ -311,6 +336,19 @@ class Monitor:
         )
         if misrouted:
             self.misrouted.inc()
+        view.update(
+            blocked=True,
+            misrouted=misrouted,
+            blockers=[
+                {
+                    "pid": b.run.pid,
+                    "request": b.run.request,
+                    "route": b.run.route,
+                    "blamed_s": round(b.share_s, 6),
+                }
+                for b in blames
+            ],
+        )
         self._incident(worker, record, ready_ns, source, wait_ns, blames, misrouted)
 
     def _note_connection(self, worker: Worker, record: Record) -> None:
@@ -443,6 +481,66 @@ class Monitor:
     def incidents(self, limit: int = 100) -> list[dict[str, Any]]:
         # Copied first: the poll thread may append meanwhile (the HTTP side never locks).
         return list(reversed(list(self._incidents)))[: max(0, limit)]
+
+    def requests(self, since_s: float = 60.0) -> dict[str, Any]:
+        """Finished requests of the last ``since_s`` seconds, oldest first, with the clock
+        offset that turns their monotonic times into wall-clock ones."""
+        now = time.monotonic_ns()
+        cutoff = now - int(since_s * 1e9)
+        recent = [dict(v) for v in list(self.recent) if v["exit_ns"] >= cutoff]
+        return {"now_ns": now, "wall_offset_ns": time.time_ns() - now, "requests": recent}
+
+    def state(self) -> dict[str, Any]:
+        """The live view (``wsgiwatch top``): workers and what each runs, stalls, backlog."""
+        now = time.monotonic_ns()
+        workers = []
+        for w in sorted(self.registry.live(), key=lambda w: w.index):
+            workers.append(
+                {
+                    "worker": w.index,
+                    "pid": w.pid,
+                    "ppid": w.ppid,
+                    "capacity": w.capacity,
+                    "busy": w.busy,
+                    "server": w.header.server_software,
+                    "accept_hook": w.header.accept_hook,
+                    "rss_bytes": w.rss,
+                    "slots": [
+                        {
+                            "request": s.request,
+                            "method": s.method,
+                            "path": s.path,
+                            "peer": _peer_text(s.peer, s.peer_port),
+                            "tid": s.tid,
+                            "running_s": max(0, now - s.entry_ns) / 1e9,
+                        }
+                        for s in list(w.slots)
+                    ],
+                }
+            )
+        stalls = [
+            {
+                "worker": w.index,
+                "peer": _peer_text(s.peer_addr, s.peer_port)
+                if s.peer_addr != "unix"
+                else f"unix inode {s.peer_port}",
+                "age_s": max(0, now - s.arrival_ns) / 1e9,
+                "unread": s.unread,
+            }
+            for w, s in list(self.stalls)
+        ]
+        listeners = [
+            {"listener": name, "backlog": q, "limit": cap}
+            for name, (q, cap) in sorted(self.listen_backlog.items())
+        ]
+        return {
+            "now_ns": now,
+            "wall_offset_ns": time.time_ns() - now,
+            "workers": workers,
+            "stalls": stalls,
+            "listeners": listeners,
+            "kernel": self.kernel is not None and not self.kernel_notices,
+        }
 
     def health(self) -> dict[str, Any]:
         return {
