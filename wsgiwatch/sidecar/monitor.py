@@ -482,7 +482,7 @@ class Monitor:
         # Copied first: the poll thread may append meanwhile (the HTTP side never locks).
         return list(reversed(list(self._incidents)))[: max(0, limit)]
 
-    def requests(self, since_s: float = 60.0) -> dict[str, Any]:
+    def recent_requests(self, since_s: float = 60.0) -> dict[str, Any]:
         """Finished requests of the last ``since_s`` seconds, oldest first, with the clock
         offset that turns their monotonic times into wall-clock ones."""
         now = time.monotonic_ns()
