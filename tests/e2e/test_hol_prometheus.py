@@ -83,13 +83,15 @@ def timed_get(
 ) -> None:
     own = conn is None
     c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=20)
-    started = time.monotonic()
     if c.sock is None:
         c.connect()
     peer_port = c.sock.getsockname()[1]  # our port is the server's REMOTE_PORT
+    started = time.monotonic()  # from sending: the request's bytes arrive now
     c.request("GET", path)
-    c.getresponse().read()
-    out.append(Outcome(path, time.monotonic() - started, peer_port))
+    response = c.getresponse()  # the status line is in: the server has answered
+    latency = time.monotonic() - started
+    response.read()
+    out.append(Outcome(path, latency, peer_port))
     if own:
         c.close()
 
@@ -127,6 +129,10 @@ def check_verdicts(side: Sidecar, fast: list[Outcome], prom_value: float) -> int
         assert incident["blockers"][0]["route"] == "/slow/:id"
         # The client waited for the queue plus the request's own service time.
         truth = outcome.latency_s - victim["duration_s"]
+        print(
+            f"{victim['peer']}: queue wait {victim['queue_wait_s'] * 1000:.1f} ms "
+            f"({victim['wait_source']}), client truth {truth * 1000:.1f} ms"
+        )
         assert abs(victim["queue_wait_s"] - truth) < WAIT_TOLERANCE_S, (victim, truth)
     assert prom_value == len(truly_blocked)
     return len(truly_blocked)
