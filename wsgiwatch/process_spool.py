@@ -133,11 +133,3 @@ def _forget_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_after_fork)
-
-
-def close_all_for_tests() -> None:
-    """Close and remove this process's spools (tests only)."""
-    for writer in list(_writers.values()):
-        if writer is not None:
-            writer.close()
-    _writers.clear()

@@ -263,10 +263,6 @@ def open_spool(
     return SpoolWriter(mm, path, pid, slot_count, ring_capacity, accept_capacity)
 
 
-def platform_supported() -> bool:
-    return sys.platform != "win32"
-
-
 def greenlets_patched() -> bool:
     """Whether gevent or eventlet has replaced threads with greenlets in this process."""
     gevent_monkey = sys.modules.get("gevent.monkey")
