@@ -505,8 +505,11 @@ def test_blocker_route_labels_are_capped(scene: Scene) -> None:
     blocked = {
         s.labels["blocker_route"]: s.value for s in m["wsgiwatch_hol_blocked_requests_total"]
     }
-    assert len(blocked) == 101
-    assert blocked["other"] == 2
+    # The blame labels are the route labels (every route gets its blame series at 0 up
+    # front): /slow0, the victims' /fast, then /slow1../slow98 fill the 100; the last three
+    # slow routes go to "other". ``scrape`` leaves out the zero-valued /fast.
+    assert len(blocked) == 100
+    assert blocked["other"] == 3
 
 
 # --- incidents ------------------------------------------------------------------------------
@@ -604,9 +607,11 @@ def test_every_contract_metric_is_exposed_with_its_labels(scene: Scene) -> None:
     accept(me, time.monotonic_ns() - 500 * MS, "127.0.0.1", 7)
 
     kernel = FakeKernel()
-    kernel.inodes = {os.getpid(): {500}, W1: {500}}
+    kernel.inodes = {os.getpid(): {500, 502}, W1: {500}}
     kernel.socks = [
         tcp(state="LISTEN", port=8000, peer="0.0.0.0", peer_port=0, inode=500, rqueue=2),
+        # The connection accepted at port 7: its request unread, half a second old.
+        tcp(peer_port=7, inode=502, rqueue=80, recv_ms=500, sent_ms=600),
         tcp(state="LISTEN", local="::", port=8000, peer="::", peer_port=0, inode=501),
     ]
     monitor = scene.monitor(use_kernel=True, kernel=kernel)
@@ -909,3 +914,36 @@ def test_kept_alive_arrival_seen_by_the_kernel_survives_the_previous_request(
     m = scrape(monitor)
     assert value(m, "wsgiwatch_queue_wait_source_total", source="kernel") == 1
     assert value(m, "wsgiwatch_hol_blocked_requests_total", blocker_route="/slow") == 1
+
+
+def test_blame_series_start_at_zero_for_every_route_seen(scene: Scene) -> None:
+    """A counter series born at 1 is invisible to rate() and increase(): each route's blame
+    series is exported at 0 from its first request, before it ever blocks anyone."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    w = scene.worker(W1)
+    finish(w, Req(scene.at(0), scene.at(10), "/quiet", peer_port=1))
+    monitor = scene.monitor()
+    monitor.poll()
+    registry = CollectorRegistry()
+    registry.register(monitor)  # type: ignore[arg-type]
+    text = generate_latest(registry).decode()
+    assert 'wsgiwatch_hol_blocked_requests_total{blocker_route="/quiet"} 0.0' in text
+    assert 'wsgiwatch_hol_blocked_seconds_total{blocker_route="/quiet"} 0.0' in text
+
+
+def test_an_accepted_connection_the_kernel_no_longer_has_is_no_stall(scene: Scene) -> None:
+    """A TCP health check connects and closes without a request: its accept event must not
+    count as a stall while the worker is busy (with the kernel's view, stalls are what the
+    kernel shows waiting)."""
+    w = scene.worker(W1, accept_hook=True)
+    start(w, 0, Req(time.monotonic_ns() - S, 0, "/running", peer_port=6))
+    accept(w, time.monotonic_ns() - 500 * MS, "127.0.0.1", 9)
+    kernel = FakeKernel()
+    kernel.inodes = {W1: {500}}
+    kernel.socks = [tcp(state="LISTEN", port=8000, peer="0.0.0.0", peer_port=0, inode=500)]
+    monitor = scene.monitor(use_kernel=True, kernel=kernel)
+    monitor.poll()
+    m = scrape(monitor)
+    assert value(m, "wsgiwatch_stalled_requests", worker="0") == 0
+    assert value(m, "wsgiwatch_oldest_stall_seconds") == 0

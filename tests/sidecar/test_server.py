@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import structlog
-from fake_monitor import INCIDENTS, FakeMonitor
+from fake_monitor import INCIDENTS, RECENT, STATE, FakeMonitor
 
 from wsgiwatch.sidecar.poll_loop import STALE_AFTER_INTERVALS, PollLoop, next_deadline
 from wsgiwatch.sidecar.server import SidecarServer, serve
@@ -211,6 +211,48 @@ def test_incidents_json_with_limit(start):
         reply = request(server, f"/api/incidents?limit={bad}")
         assert reply.status == 400, bad
         assert "limit" in reply.json()["error"]
+
+
+def test_requests_json_for_a_window(start):
+    monitor = FakeMonitor()
+    server = start(monitor)
+    reply = request(server, "/api/requests")
+    assert reply.status == 200
+    assert reply.headers["Content-Type"] == "application/json"
+    assert reply.json() == {
+        "now_ns": STATE["now_ns"],
+        "wall_offset_ns": STATE["wall_offset_ns"],
+        "requests": RECENT,
+    }
+    # 0.9995 s back from now_ns (10 s) leaves only the request that ended at 9.001 s.
+    narrow = request(server, "/api/requests?since=0.9995").json()
+    assert [r["route"] for r in narrow["requests"]] == ["/fast"]  # type: ignore[index]
+    assert monitor.since_asked == [60.0, 0.9995]
+    for bad in ("abc", "0", "-5", "nan", "inf", "86401", ""):
+        reply = request(server, f"/api/requests?since={bad}")
+        assert reply.status == 400, bad
+        assert "since" in reply.json()["error"]
+
+
+def test_state_json(start):
+    server = start(FakeMonitor())
+    reply = request(server, "/api/state")
+    assert reply.status == 200
+    assert reply.json() == STATE
+
+
+@pytest.mark.parametrize("path", ["/api/state", "/api/requests?since=5"])
+def test_api_failure_is_500_logged_and_server_survives(start, path):
+    monitor = FakeMonitor()
+    monitor.fail_api = True
+    server = start(monitor)
+    with structlog.testing.capture_logs() as logs:
+        reply = request(server, path)
+    assert reply.status == 500
+    assert "sidecar's log" in reply.json()["error"]
+    assert [e["event"] for e in logs] in (["sidecar.state_failed"], ["sidecar.requests_failed"])
+    monitor.fail_api = False
+    assert request(server, path).status == 200
 
 
 def test_unknown_paths_404_and_other_methods_405(start):

@@ -44,6 +44,8 @@ ARRIVAL_TOLERANCE_NS = 8_000_000
 PENDING_TTL_NS = 120_000_000_000
 #: Accept-hook accepts with no request after this long were connections that sent nothing.
 ACCEPT_TTL_NS = 60_000_000_000
+#: Without the kernel's view, an accept with no request after this long is not a stall.
+ACCEPT_ALONE_TTL_NS = 10_000_000_000
 INCIDENTS_KEPT = 1000
 #: Finished requests kept for the timeline and the API (a few minutes of a busy server).
 RECENT_KEPT = 20000
@@ -93,6 +95,7 @@ class Monitor:
         self.wait_phases = acc.Histogram(acc.WAIT_BUCKETS)
         self.wait_sources = acc.Counter()
         self.blocked = acc.Counter()
+        self._blame_series: set[str] = set()
         self.blocked_seconds = acc.Counter()
         self.misrouted = acc.Counter()
         # Per worker index (the label outlives the process, so counters stay monotonic).
@@ -189,7 +192,10 @@ class Monitor:
             self.accepted.inc((str(worker.index),))
             peer = (_addr(event.peer), event.peer_port)
             if event.peer_port and peer not in serving:
-                self._accepted_pending[(worker.pid, peer[0], peer[1])] = event.accept_ns
+                # Ready since the accept, or since its bytes came if they came later.
+                self._accepted_pending[(worker.pid, peer[0], peer[1])] = max(
+                    event.accept_ns, event.arrival_ns
+                )
         for key, accept_ns in list(self._accepted_pending.items()):
             if now - accept_ns > ACCEPT_TTL_NS:
                 del self._accepted_pending[key]
@@ -268,6 +274,13 @@ class Monitor:
         self, worker: Worker, record: Record, workers: list[Worker], now: int, wall_offset: int
     ) -> None:
         route = self._route(record.route)
+        if route not in self._blame_series:
+            # Export the route's blame counters at 0 before it ever blocks anyone: a series
+            # born at 1 is invisible to rate() and increase(), and so is the first incident.
+            self._blame_series.add(route)
+            blocker = (self._blocker_route(record.route),)
+            self.blocked.inc(blocker, 0.0)
+            self.blocked_seconds.inc(blocker, 0.0)
         label = str(worker.index)
         self.requests.inc((route, _status_class(record.status)))
         duration_s = max(0, record.exit_ns - record.entry_ns) / 1e9
@@ -440,14 +453,17 @@ class Monitor:
                     worker,
                     Waiting(pid, "unix", sock.inode, first_seen, True),
                 )
-        for (pid, peer, port), accept_ns in self._accepted_pending.items():
-            worker = by_pid.get(pid)
-            if worker is None or worker.busy < worker.capacity:
-                continue
-            key = (pid, peer, port)
-            known = stalls.get(key)
-            if known is None or accept_ns < known[1].arrival_ns:
-                stalls[key] = (worker, Waiting(pid, peer, port, accept_ns, False))
+        if snapshot is None:
+            # Without the kernel, the accept hook's "accepted, not started" is all there is.
+            # A connection that never sends (a TCP health check) looks the same until it
+            # expires, so these expire sooner (ACCEPT_ALONE_TTL_NS).
+            for (pid, peer, port), ready_ns in list(self._accepted_pending.items()):
+                worker = by_pid.get(pid)
+                if worker is None or worker.busy < worker.capacity:
+                    continue
+                if now - ready_ns > ACCEPT_ALONE_TTL_NS:
+                    continue
+                stalls[(pid, peer, port)] = (worker, Waiting(pid, peer, port, ready_ns, False))
         self.stalls = list(stalls.values())
 
     def _sample_processes(self, workers: list[Worker]) -> None:
