@@ -1,0 +1,383 @@
+"""Every panel query of every dashboard, run by a real Prometheus that scraped a real
+head-of-line scenario.
+
+The stack: gunicorn gthread (2 workers x 1 thread, accept hook on) serving the test app, the
+real ``wsgiwatch sidecar`` subprocess, and Debian's Prometheus scraping it every second.
+Traffic: a few fast requests (so the request series exist), then twice two slow requests and
+six fast ones. Two slow requests make every run block something: either both land on one
+worker (the second waits) or both workers are busy and the fast ones wait behind them.
+Twice, because a counter series is born at its first non-zero value and rate() cannot see
+that first step: only the second run moves series that already exist.
+
+Each target's template variables are replaced the way Grafana would, then the expression
+goes through /api/v1/query_range and /api/v1/query; none may fail, and the key panels must
+show the scenario.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import math
+import os
+import re
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from prom import Prometheus, prometheus
+from servers import VENV_BIN, free_port, gunicorn, run_server
+
+from wsgiwatch.grafana.dashboards import build_all
+
+SLOW = ("/slow/1.5", "/slow/1.2")
+FAST_COUNT = 6
+WARM_UP = 4
+#: Grafana computes $__rate_interval from the scrape interval and the panel's step; a minute
+#: is what it gives for the common 15 s scrape, and wide enough to hold the whole scenario.
+RATE_INTERVAL = "1m"
+STEP_S = 1
+
+
+@dataclass
+class Target:
+    dashboard: str
+    panel: str
+    ref_id: str
+    expr: str
+    legend: str | None
+    instant: bool
+
+
+def targets() -> list[Target]:
+    found = []
+    for name, board in sorted(build_all().items()):
+        for panel in board["panels"]:
+            for inner in [panel, *panel.get("panels", [])]:
+                for t in inner.get("targets", []):
+                    found.append(
+                        Target(
+                            name,
+                            inner["title"],
+                            t["refId"],
+                            t["expr"],
+                            t.get("legendFormat"),
+                            bool(t.get("instant")),
+                        )
+                    )
+    return found
+
+
+@dataclass
+class Scenario:
+    prom: Prometheus
+    start: float
+    end: float
+    instance: str
+
+    def variables(self, selection: str) -> dict[str, str]:
+        """Values Grafana would put in: "all" picks the variables' All value (".*"), "one"
+        picks this job and instance, regex-escaped as Grafana's Prometheus data source does."""
+        if selection == "all":
+            job = instance = ".*"
+        else:
+            job, instance = _grafana_regex_escape("wsgiwatch"), _grafana_regex_escape(self.instance)
+        return {
+            "job": job,
+            "instance": instance,
+            "__rate_interval": RATE_INTERVAL,
+            "__interval": f"{STEP_S}s",
+            "__range": f"{math.ceil(self.end - self.start)}s",
+        }
+
+    def run(self, expr: str, instant: bool) -> dict[str, Any]:
+        """The query's ``data``; raises QueryFailed with Prometheus's error text."""
+        if instant:
+            path, params = "/api/v1/query", {"query": expr, "time": f"{self.end:.3f}"}
+        else:
+            path = "/api/v1/query_range"
+            params = {
+                "query": expr,
+                "start": f"{self.start:.3f}",
+                "end": f"{self.end:.3f}",
+                "step": f"{STEP_S}s",
+            }
+        url = f"{self.prom.url}{path}?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as reply:
+                body = json.load(reply)
+        except urllib.error.HTTPError as e:
+            raise QueryFailed(e.read().decode(errors="replace")) from None
+        if body.get("status") != "success" or body.get("warnings"):
+            raise QueryFailed(json.dumps(body)[:500])
+        data = body["data"]
+        assert isinstance(data, dict)
+        return data
+
+
+class QueryFailed(Exception):
+    pass
+
+
+def _grafana_regex_escape(value: str) -> str:
+    """Grafana's Prometheus data source escapes regex metacharacters in a multi-value
+    variable with a doubled backslash (one for the regex, one for the PromQL string)."""
+    return re.sub(r"([\\^$*+?.()|{}\[\]])", r"\\\\\1", value)
+
+
+def substitute(expr: str, variables: dict[str, str]) -> str:
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        if name not in variables:
+            raise AssertionError(f"the test does not know the variable ${name} in {expr}")
+        return variables[name]
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, expr)
+
+
+# --- The scenario ---------------------------------------------------------------------------
+
+
+def _get(port: int, path: str, latencies: list[float]) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    started = time.monotonic()
+    try:
+        conn.request("GET", path)
+        conn.getresponse().read()
+        latencies.append(time.monotonic() - started)
+    finally:
+        conn.close()
+
+
+def slow_then_fast(port: int) -> None:
+    """Two slow requests, then fast ones on fresh connections; returns when all are done."""
+    latencies: list[float] = []
+    threads = []
+    for path in (*SLOW, *["/fast"] * FAST_COUNT):
+        thread = threading.Thread(target=_get, args=(port, path, latencies), daemon=True)
+        thread.start()
+        threads.append(thread)
+        time.sleep(0.05 if path != "/fast" else 0.02)
+    for thread in threads:
+        thread.join(15)
+    assert len(latencies) == len(threads), "a request did not finish"
+
+
+def metric_total(sidecar_port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{sidecar_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith((name + "{", name + " "))
+    )
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def _spool_dir() -> Iterator[str]:
+    with tempfile.TemporaryDirectory(
+        prefix="wsgiwatch-test-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+    ) as d:
+        os.chmod(d, 0o700)
+        yield d
+
+
+@pytest.fixture(scope="module")
+def scenario() -> Iterator[Scenario]:
+    with contextlib.ExitStack() as stack:
+        spool = stack.enter_context(_spool_dir())
+        server = stack.enter_context(
+            gunicorn(
+                "apps.basic:application",
+                spool,
+                worker_class="gthread",
+                workers=2,
+                threads=1,
+                extra=["-c", "python:wsgiwatch.gunicorn_config"],
+            )
+        )
+        side_port = free_port()
+        argv = [
+            os.path.join(VENV_BIN, "wsgiwatch"),
+            "sidecar",
+            "--dir",
+            spool,
+            "--listen",
+            f"127.0.0.1:{side_port}",
+            "--poll-interval",
+            "0.25",
+        ]
+        stack.enter_context(run_server(argv, side_port, spool))
+        instance = f"127.0.0.1:{side_port}"
+        prom = stack.enter_context(prometheus([instance]))
+        start = time.time()
+        prom.wait_for("up", lambda v: v == 1)
+        wait_until(lambda: metric_total(side_port, "wsgiwatch_workers") == 2, "two workers")
+
+        # Fast requests first, so the request series exist before anything blocks.
+        for _ in range(WARM_UP):
+            _get(server.port, "/fast", [])
+        prom.wait_for("sum(wsgiwatch_requests_total)", lambda v: v >= WARM_UP)
+
+        # Run until a run blocked requests under a blocker series that already existed
+        # (the two-slow design blocks in every run, so that is normally the second).
+        blocked = "wsgiwatch_hol_blocked_requests_total"
+        history = [0.0]
+        requests = WARM_UP
+        while not (len(history) > 2 and history[-1] > history[-2] > 0):
+            assert len(history) <= 4, f"blocked requests after each run: {history[1:]}"
+            slow_then_fast(server.port)
+            requests += len(SLOW) + FAST_COUNT
+            wait_until(
+                lambda n=requests: metric_total(side_port, "wsgiwatch_requests_total") >= n,
+                "the sidecar counted every request",
+            )
+            history.append(metric_total(side_port, blocked))
+            if history[-1]:  # (no series at all until something blocked)
+                prom.wait_for(f"sum({blocked})", lambda v, n=history[-1]: v == n)
+        time.sleep(1.5)  # one more scrape of the final gauges
+        yield Scenario(prom, start, time.time(), instance)
+
+
+# --- The tests ------------------------------------------------------------------------------
+
+ALL_TARGETS = targets()
+
+
+def _series(data: dict[str, Any]) -> list[dict[str, Any]]:
+    result = data["result"]
+    assert isinstance(result, list)
+    return result
+
+
+def _values(series: dict[str, Any]) -> list[float]:
+    pairs = series["values"] if "values" in series else [series["value"]]
+    return [float(v) for _, v in pairs if not math.isnan(float(v))]
+
+
+@pytest.mark.parametrize("selection", ["all", "one"])
+def test_every_panel_query_runs(scenario: Scenario, selection: str) -> None:
+    failures = []
+    for target in ALL_TARGETS:
+        expr = substitute(target.expr, scenario.variables(selection))
+        for instant in (False, True):
+            try:
+                scenario.run(expr, instant)
+            except QueryFailed as e:
+                kind = "instant" if instant else "range"
+                failures.append(f"{target.panel} {target.ref_id} ({kind}): {expr}\n  {e}")
+    assert not failures, "\n".join(failures)
+
+
+def _data(scenario: Scenario, panel: str, ref_id: str = "A") -> list[dict[str, Any]]:
+    [target] = [t for t in ALL_TARGETS if t.panel == panel and t.ref_id == ref_id]
+    expr = substitute(target.expr, scenario.variables("one"))
+    return _series(scenario.run(expr, target.instant))
+
+
+def _peak(scenario: Scenario, panel: str, ref_id: str = "A") -> float:
+    values = [v for s in _data(scenario, panel, ref_id) for v in _values(s)]
+    assert values, f"{panel} {ref_id}: no data"
+    return max(values)
+
+
+def test_key_panels_show_the_scenario(scenario: Scenario) -> None:
+    # Live gauges: the stalls were seen while the slow requests ran.
+    assert _peak(scenario, "Stalled now") >= 1
+    assert _peak(scenario, "Oldest stall now") > 0.1
+    assert _peak(scenario, "Stalled requests per worker") >= 1
+    # Finished requests: blocked, their share, and the blame on the slow route.
+    assert _peak(scenario, "Head-of-line blocked requests per second") > 0
+    assert 0 < _peak(scenario, "Head-of-line blocked requests per second", "B") <= 1
+    assert _peak(scenario, "Head-of-line blocked requests (time range)") >= 1
+    assert 0 < _peak(scenario, "Blocked share of traffic (time range)") <= 1
+    for ref_id in ("A", "B"):
+        rows = _data(scenario, "Blame: blocker routes", ref_id)
+        blame = {row["metric"]["blocker_route"]: _values(row)[0] for row in rows}
+        assert max(blame, key=lambda route: blame[route]) == "/slow/:id", blame
+    assert _peak(scenario, "Blame: waiting caused, by blocker route") > 0
+    # Queue wait: the blocked requests waited most of a slow request.
+    for ref_id in ("A", "B", "C"):
+        assert _data(scenario, "Queue wait p50 / p95 / p99", ref_id)
+    assert _peak(scenario, "Queue wait p50 / p95 / p99", "C") > 0.25
+    assert _peak(scenario, "Queue wait p99 (time range)") > 0.25
+    le = {s["metric"]["le"] for s in _data(scenario, "Queue wait heatmap")}
+    assert {"0.001", "1.0", "+Inf"} <= le
+    assert _peak(scenario, "Queue wait heatmap") > 0
+    # Workers: two of capacity one, each busy at some scrape; connections accepted.
+    capacity = _data(scenario, "Workers: busy vs capacity", "B")
+    assert len(capacity) == 2 and all(_values(s) and set(_values(s)) == {1.0} for s in capacity)
+    assert _peak(scenario, "Workers: busy vs capacity", "A") == 1
+    assert _peak(scenario, "Accepted connections per worker") > 0
+    # A greedy server may leave one worker without a single connection: shares, not a count.
+    share_panel = "Accepted connections per worker: share of the time range"
+    shares = [v for s in _data(scenario, share_panel) for v in _values(s)]
+    assert shares and all(0 <= v <= 1 for v in shares) and abs(sum(shares) - 1) < 1e-6
+    assert _peak(scenario, "Kernel backlog vs limit", "B") > 0
+    assert _peak(scenario, "Requests per second by status class") > 0
+    assert _peak(scenario, "Sidecar health: up") == 1
+    assert _peak(scenario, "Sidecar health: workers seen") == 2
+
+
+def test_the_harness_reports_failures(scenario: Scenario) -> None:
+    """So that "every query runs" means something: a bad query or an unknown variable fails."""
+    with pytest.raises(QueryFailed, match="parse error"):
+        scenario.run("sum(rate(wsgiwatch_requests_total[$__rate_interval]))", instant=False)
+    with pytest.raises(QueryFailed, match="parse error"):
+        scenario.run("sum(", instant=True)
+    with pytest.raises(AssertionError, match=r"\$__unknown"):
+        substitute("rate(up[$__unknown])", scenario.variables("all"))
+
+
+def test_legends_name_labels_the_series_have(scenario: Scenario) -> None:
+    missing = []
+    for target in ALL_TARGETS:
+        wanted = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", target.legend or ""))
+        if not wanted:
+            continue
+        expr = substitute(target.expr, scenario.variables("one"))
+        for series in _series(scenario.run(expr, target.instant)):
+            if not wanted <= set(series["metric"]):
+                missing.append(f"{target.panel} {target.ref_id}: {wanted - set(series['metric'])}")
+    assert not missing, missing
+
+
+def test_every_metric_exists_in_prometheus(scenario: Scenario) -> None:
+    known = set(scenario.prom.api("/api/v1/label/__name__/values"))
+    used = {
+        name
+        for t in ALL_TARGETS
+        for name in re.findall(r"\b(wsgiwatch_[a-z_]+|up)\b(?=\s*\{)", t.expr)
+    }
+    assert used and used <= known, sorted(used - known)
+
+
+def test_template_variables_find_the_sidecar(scenario: Scenario) -> None:
+    for board in build_all().values():
+        for variable in board["templating"]["list"]:
+            if variable["type"] != "query":
+                continue
+            match = re.fullmatch(r"label_values\((.+), (\w+)\)", variable["query"])
+            assert match, variable["query"]
+            selector = substitute(match.group(1), {"job": ".*"})
+            values = scenario.prom.api(
+                f"/api/v1/label/{match.group(2)}/values", **{"match[]": selector}
+            )
+            expected = {"job": "wsgiwatch", "instance": scenario.instance}[variable["name"]]
+            assert expected in values, (variable["name"], values)

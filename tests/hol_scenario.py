@@ -1,0 +1,148 @@
+"""A real stack for the client commands' tests: gunicorn gthread 2x1 with the accept hook,
+the real ``wsgiwatch sidecar`` subprocess, and a slow-then-fast load that always blocks.
+
+Why two slow requests: with one, the greedy race may send every fast request to the idle
+worker and nothing blocks (DESIGN.md: 0 to 6 stuck per run). With two, either they share a
+worker (the second waits behind the first) or both workers are busy and every fast
+request is accepted by a busy one: some request is blocked in every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from servers import VENV_BIN, Server, free_port, gunicorn, run_server
+
+WSGIWATCH = os.path.join(VENV_BIN, "wsgiwatch")
+SLOW = (("/slow/2", 2.0), ("/slow/1.2", 1.2))
+FAST_COUNT = 6
+#: A request whose client-side latency exceeds its own service time by this much waited
+#: behind another one (waits here are either ~0 or most of a slow request).
+BLOCKED_IF_LATE_S = 0.5
+
+
+@dataclass
+class Stack:
+    server: Server
+    sidecar_url: str
+
+    def api(self, path: str) -> dict[str, Any]:
+        with urllib.request.urlopen(self.sidecar_url + path, timeout=5) as reply:
+            data = json.load(reply)
+        assert isinstance(data, dict)
+        return data
+
+
+@dataclass
+class Outcome:
+    path: str
+    service_s: float  # what the app itself takes
+    latency_s: float = 0.0
+    peer_port: int = 0
+
+
+@dataclass
+class Load:
+    outcomes: list[Outcome] = field(default_factory=list)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def join(self) -> list[Outcome]:
+        for t in self.threads:
+            t.join(15)
+        assert all(o.latency_s for o in self.outcomes), "a request did not finish"
+        return self.outcomes
+
+    def truly_blocked(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.latency_s - o.service_s > BLOCKED_IF_LATE_S]
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def stack(spool_dir: str) -> Iterator[Stack]:
+    """gunicorn gthread 2 workers x 1 thread, accept hook on; the sidecar polling every
+    0.25 s; yields once the sidecar sees both workers."""
+    with gunicorn(
+        "apps.basic:application",
+        spool_dir,
+        worker_class="gthread",
+        workers=2,
+        threads=1,
+        extra=["-c", "python:wsgiwatch.gunicorn_config"],
+    ) as server:
+        port = free_port()
+        argv = [
+            WSGIWATCH,
+            "sidecar",
+            "--dir",
+            spool_dir,
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--poll-interval",
+            "0.25",
+            "--log-format",
+            "json",
+        ]
+        with run_server(argv, port, spool_dir):
+            s = Stack(server, f"http://127.0.0.1:{port}")
+            wait_until(lambda: len(s.api("/api/state")["workers"]) == 2, what="two workers")
+            yield s
+
+
+def get(port: int, path: str, outcome: Outcome) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    started = time.monotonic()
+    conn.connect()
+    assert conn.sock is not None
+    outcome.peer_port = conn.sock.getsockname()[1]
+    conn.request("GET", path)
+    conn.getresponse().read()
+    outcome.latency_s = time.monotonic() - started
+    conn.close()
+
+
+def start_slow_then_fast(port: int) -> Load:
+    """Two slow requests, then fast ones on fresh connections; returns at once."""
+    load = Load()
+
+    def launch(path: str, service_s: float) -> None:
+        outcome = Outcome(path, service_s)
+        load.outcomes.append(outcome)
+        t = threading.Thread(target=get, args=(port, path, outcome), daemon=True)
+        load.threads.append(t)
+        t.start()
+
+    for path, seconds in SLOW:
+        launch(path, seconds)
+        time.sleep(0.05)
+    time.sleep(0.1)
+    for _ in range(FAST_COUNT):
+        launch("/fast", 0.0)
+        time.sleep(0.02)
+    return load
+
+
+def run_slow_then_fast(s: Stack) -> list[Outcome]:
+    """The whole scenario; returns once the sidecar has every request and its verdict."""
+    load = start_slow_then_fast(s.server.port)
+    outcomes = load.join()
+    wait_until(
+        lambda: len(s.api("/api/requests?since=60")["requests"]) >= len(outcomes),
+        what="the sidecar read every request",
+    )
+    return outcomes

@@ -1,0 +1,7 @@
+"""Monitoring as code: Prometheus rules, Grafana alert and provisioning files, dashboards.
+
+Everything under the repository's ``grafana/`` directory is generated from this package by
+``python -m wsgiwatch.grafana`` (``--check`` fails when a committed file is stale). Alerts and
+recording rules are defined once, in :mod:`wsgiwatch.grafana.definitions`; the Prometheus rule
+file and the Grafana-managed alert rules are both rendered from those definitions.
+"""
