@@ -1,6 +1,10 @@
-"""Wrapping an app is two lines: import, wrap. Serve ``examples.wsgi:application``.
+"""A plain WSGI app with wsgiwatch: import, wrap. From the repository root:
 
-gunicorn -c examples/gunicorn.conf.py examples.wsgi:application
+    gunicorn -c examples/gunicorn.conf.py examples.wsgi:application
+    python examples/waitress_serve.py
+
+For Flask and Django apps see flask/wsgi.py and django/exampleproject/wsgi.py: they also
+label each request with its route template.
 """
 
 from __future__ import annotations
