@@ -18,6 +18,77 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 INCIDENTS = [
     {"victim": {"route": f"/fast/{i}"}, "blockers": [{"route": "/slow"}]} for i in range(5)
 ]
+#: What ``state()`` answers: worker 0 runs a slow request with one request stalled behind it.
+STATE: dict[str, Any] = {
+    "now_ns": 10_000_000_000,
+    "wall_offset_ns": 1_700_000_000_000_000_000,
+    "workers": [
+        {
+            "worker": 0,
+            "pid": 4242,
+            "ppid": 4241,
+            "capacity": 1,
+            "busy": 1,
+            "server": "gunicorn/23.0.0",
+            "accept_hook": True,
+            "rss_bytes": 40_000_000,
+            "slots": [
+                {
+                    "request": 7,
+                    "method": "GET",
+                    "path": "/slow",
+                    "peer": "127.0.0.1:50000",
+                    "tid": 4250,
+                    "running_s": 1.25,
+                }
+            ],
+        },
+    ],
+    "stalls": [{"worker": 0, "peer": "127.0.0.1:50001", "age_s": 0.75, "unread": False}],
+    "listeners": [{"listener": "127.0.0.1:8000", "backlog": 0, "limit": 2048}],
+    "kernel": True,
+}
+#: What ``recent_requests()`` answers: /fast waited 0.5 s behind /slow in worker 0.
+RECENT: list[dict[str, Any]] = [
+    {
+        "worker": 0,
+        "pid": 4242,
+        "tid": 4250,
+        "request": 5,
+        "method": "GET",
+        "route": "/slow",
+        "status": 200,
+        "peer": "127.0.0.1:50000",
+        "accept_ns": 8_000_000_000,
+        "ready_ns": 8_000_000_000,
+        "entry_ns": 8_000_100_000,
+        "exit_ns": 9_000_000_000,
+        "wait_s": 0.0001,
+        "wait_source": "hook",
+        "blocked": False,
+        "misrouted": False,
+        "blockers": [],
+    },
+    {
+        "worker": 0,
+        "pid": 4242,
+        "tid": 4250,
+        "request": 6,
+        "method": "GET",
+        "route": "/fast",
+        "status": 200,
+        "peer": "127.0.0.1:50001",
+        "accept_ns": 8_500_000_000,
+        "ready_ns": 8_500_000_000,
+        "entry_ns": 9_000_100_000,
+        "exit_ns": 9_001_000_000,
+        "wait_s": 0.5001,
+        "wait_source": "hook",
+        "blocked": True,
+        "misrouted": False,
+        "blockers": [{"pid": 4242, "request": 5, "route": "/slow", "blamed_s": 0.5001}],
+    },
+]
 
 
 class FakeMonitor:
@@ -41,6 +112,8 @@ class FakeMonitor:
         self.fail_polls = fail_polls
         self.fail_collect = False
         self.fail_health = False
+        self.fail_api = False
+        self.since_asked: list[float] = []
         self.polls = 0
         self.poll_starts: list[float] = []
         self.in_poll = threading.Event()
@@ -72,6 +145,19 @@ class FakeMonitor:
 
     def incidents(self, limit: int = 100) -> list[dict[str, Any]]:
         return INCIDENTS[:limit]
+
+    def recent_requests(self, since_s: float = 60.0) -> dict[str, Any]:
+        if self.fail_api:
+            raise RuntimeError("deque mutated during iteration")
+        self.since_asked.append(since_s)
+        now = STATE["now_ns"]
+        requests = [dict(r) for r in RECENT if r["exit_ns"] >= now - since_s * 1e9]
+        return {"now_ns": now, "wall_offset_ns": STATE["wall_offset_ns"], "requests": requests}
+
+    def state(self) -> dict[str, Any]:
+        if self.fail_api:
+            raise RuntimeError("deque mutated during iteration")
+        return dict(STATE)
 
     def health(self) -> dict[str, Any]:
         if self.fail_health:

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from wsgiwatch import __version__, demo, run
+from wsgiwatch import __version__, demo, diagnose, run, timeline, top
 from wsgiwatch.sidecar import cli_sidecar
 from wsgiwatch.sidecar.cli_sidecar import ConfigError
 
@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli_sidecar.register(subparsers)
     run.register(subparsers)
     demo.register(subparsers)
+    diagnose.register(subparsers)
+    top.register(subparsers)
+    timeline.register(subparsers)
     return parser
 
 

@@ -197,22 +197,34 @@ class WSGIWatch:
             except IndexError:
                 slot = writer.acquire_slot()
             call.slot = slot
-            values = (
-                next(writer.request_numbers),
-                _monotonic_ns(),
-                accept,
-                arrival,
-                tid,
-                port,
-                method,
-                source,
-                peer_b,
-                path_b,
-            )
-            if slot != _NO_SLOT:
-                _SLOT_pack(writer.mm, _SLOT_BASE + slot * _SLOT_SIZE, *values)
+            if slot != _NO_SLOT:  # (no tuple of values: a star-call costs ~200 ns here)
+                _SLOT_pack(
+                    writer.mm,
+                    _SLOT_BASE + slot * _SLOT_SIZE,
+                    next(writer.request_numbers),
+                    _monotonic_ns(),
+                    accept,
+                    arrival,
+                    tid,
+                    port,
+                    method,
+                    source,
+                    peer_b,
+                    path_b,
+                )
             else:  # every slot busy (counted): keep the image for the record
-                call.image = _SLOT_bytes(*values)
+                call.image = _SLOT_bytes(
+                    next(writer.request_numbers),
+                    _monotonic_ns(),
+                    accept,
+                    arrival,
+                    tid,
+                    port,
+                    method,
+                    source,
+                    peer_b,
+                    path_b,
+                )
         except Exception:
             _internal_error(writer)
             if slot != _NO_SLOT:  # taken but never written: give it back
@@ -442,7 +454,11 @@ class _Call:
             proxy = _proxy_wall_ns(environ) if flags & _PROXY_PENDING else 0
             status = self.status
             code = _STATUS.get(status) or _status_code(status)
-            server_port = _server_port(environ.get("SERVER_PORT"))
+            port_text = environ.get("SERVER_PORT")
+            try:
+                server_port = _ports.get(port_text) or _port_number(port_text)
+            except TypeError:  # unhashable
+                server_port = 0
             exit_part = _EXIT_bytes(
                 self.headers_ns,
                 exit_ns,
@@ -464,7 +480,10 @@ class _Call:
             body = image + exit_part
             # One writer at a time from claim to publish: a thread paused between these
             # stores could otherwise be lapped by the others and publish a mixed entry.
-            with writer.lock:
+            # (acquire/try/finally rather than ``with``: 150 ns less per request here)
+            lock = writer.lock
+            lock.acquire()
+            try:
                 seq = next(writer.record_seq)
                 off = writer.record_base + (seq % writer.ring_capacity) * _RECORD_SIZE
                 mm[off + _SEQ_OFF : off + _RECORD_SIZE] = _INVALID
@@ -472,6 +491,8 @@ class _Call:
                 seq += 1  # entries carry sequence + 1, so zeroed memory never looks written
                 _U64_pack(mm, off + _SEQ_OFF, seq)
                 _U64_pack(mm, _HEAD_OFF, seq)
+            finally:
+                lock.release()
         except Exception:
             _internal_error(writer)
         if slot != _NO_SLOT:
@@ -521,13 +542,6 @@ def _port_number(text: object) -> int:
             _ports.clear()
         _ports[text] = port
     return port
-
-
-def _server_port(text: object) -> int:
-    try:
-        return _ports.get(text) or _port_number(text)
-    except TypeError:  # unhashable
-        return 0
 
 
 def _route_for_path(path: str) -> bytes:

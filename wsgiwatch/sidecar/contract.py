@@ -19,5 +19,14 @@ class MonitorProtocol(Protocol):
     def incidents(self, limit: int = 100) -> list[dict[str, Any]]:
         """The most recent head-of-line incidents, newest first, as JSON-ready dicts."""
 
+    def recent_requests(self, since_s: float = 60.0) -> dict[str, Any]:
+        """Finished requests of the last ``since_s`` seconds, oldest first, with their waits
+        and verdicts: ``{"now_ns", "wall_offset_ns", "requests": [...]}`` (monotonic ns;
+        ``wall_offset_ns`` turns them into wall-clock ns)."""
+
+    def state(self) -> dict[str, Any]:
+        """The live view: ``{"now_ns", "wall_offset_ns", "workers", "stalls", "listeners",
+        "kernel"}`` (what each worker runs now, stalled requests, kernel backlogs)."""
+
     def health(self) -> dict[str, Any]:
         """Liveness facts: last poll time and duration, spools read, kernel available."""

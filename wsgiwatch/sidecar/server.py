@@ -14,6 +14,11 @@ Routes:
 - ``/healthz``: ``monitor.health()`` plus the loop's state as JSON; 503 once the last
   successful poll is older than 3 poll intervals (see :mod:`wsgiwatch.sidecar.poll_loop`).
 - ``/api/incidents?limit=N``: ``{"incidents": [...]}``, newest first.
+- ``/api/requests?since=SECONDS``: ``monitor.recent_requests(since)`` (default 60 s): the
+  finished requests of that window with their waits, verdicts and blockers (``wsgiwatch
+  timeline`` and ``diagnose`` read it).
+- ``/api/state``: ``monitor.state()``: workers and what each runs now, stalls, kernel
+  backlogs (``wsgiwatch top`` reads it).
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9808
 #: Largest ``limit`` accepted by /api/incidents.
 MAX_INCIDENTS = 1000
+#: Largest ``since`` (seconds) accepted by /api/requests; the monitor keeps fewer anyway.
+MAX_SINCE_S = 86400.0
+DEFAULT_SINCE_S = 60.0
 #: How often the HTTP thread checks for shutdown (socketserver's default is 0.5 s).
 SHUTDOWN_POLL_S = 0.1
 
@@ -89,6 +97,8 @@ class SidecarApp:
             "/metrics": self.metrics,
             "/healthz": self.healthz,
             "/api/incidents": self.incidents,
+            "/api/requests": self.requests,
+            "/api/state": self.state,
         }
 
     def __call__(
@@ -143,6 +153,31 @@ class SidecarApp:
             log.exception("sidecar.incidents_failed")
             return _json({"error": "reading incidents failed, see the sidecar's log"}, 500)
         return _json({"incidents": found})
+
+    def requests(self, request: Request) -> Response:
+        raw = request.args.get("since", str(DEFAULT_SINCE_S))
+        try:
+            since = float(raw)
+        except ValueError:
+            since = -1.0
+        if not 0 < since <= MAX_SINCE_S:  # also refuses nan
+            return _json(
+                {"error": f"since must be a number of seconds in (0, {MAX_SINCE_S:g}]"}, 400
+            )
+        try:
+            found = self.monitor.recent_requests(since)
+        except Exception:
+            log.exception("sidecar.requests_failed")
+            return _json({"error": "reading recent requests failed, see the sidecar's log"}, 500)
+        return _json(found)
+
+    def state(self, request: Request) -> Response:
+        try:
+            found = self.monitor.state()
+        except Exception:
+            log.exception("sidecar.state_failed")
+            return _json({"error": "reading the live state failed, see the sidecar's log"}, 500)
+        return _json(found)
 
 
 class _RequestHandler(WSGIRequestHandler):
