@@ -298,6 +298,7 @@ class Monitor:
             "status": record.status,
             "peer": _peer_text(record.peer, record.peer_port),
             "accept_ns": record.accept_ns or None,
+            "arrival_ns": record.arrival_ns or None,
             "ready_ns": None,
             "entry_ns": record.entry_ns,
             "exit_ns": record.exit_ns,
@@ -520,6 +521,8 @@ class Monitor:
                     "busy": w.busy,
                     "server": w.header.server_software,
                     "accept_hook": w.header.accept_hook,
+                    "cooperative": w.header.cooperative,
+                    "multithread": bool(w.header.flags & fmt.HEADER_FLAG_MULTITHREAD),
                     "rss_bytes": w.rss,
                     "slots": [
                         {
@@ -556,6 +559,7 @@ class Monitor:
             "stalls": stalls,
             "listeners": listeners,
             "kernel": self.kernel is not None and not self.kernel_notices,
+            "threshold_s": self.threshold_ns / 1e9,
         }
 
     def health(self) -> dict[str, Any]:
