@@ -26,7 +26,9 @@ from typing import Any, Literal, TextIO
 
 import structlog
 
+from wsgiwatch.diagnose import Snapshot, analyse, render
 from wsgiwatch.sidecar.monitor import Monitor
+from wsgiwatch.timeline import render_html
 
 Server = Literal["gthread", "waitress", "sync"]
 
@@ -172,63 +174,32 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
-def report(monitor: Monitor, load: LoadResult, server: Server, out: TextIO) -> bool:
-    """Print the verdict; True when it found what this server is known to do."""
-    requests = monitor.requests.total()
-    blocked = monitor.blocked.total()
-    blocked_s = monitor.blocked_seconds.items()
-    misrouted = monitor.misrouted.total()
-    print(
-        f"\nwsgiwatch demo on {server}: {int(requests)} requests recorded by the sidecar", file=out
-    )
+def report(snapshot: Snapshot, load: LoadResult, server: Server, out: TextIO) -> bool:
+    """Print what the clients saw, then the sidecar's diagnosis; True when the verdict is
+    what this server is known to do (greedy ones block, sync does not)."""
+    print(f"\nWhat the clients saw ({server}):", file=out)
     for route, values in sorted(load.latencies.items()):
         print(
-            f"  client side {route:15} n={len(values):4d}  p50 {_pct(values, 0.5) * 1000:7.1f} ms"
+            f"  {route:15} n={len(values):4d}  p50 {_pct(values, 0.5) * 1000:7.1f} ms"
             f"  p99 {_pct(values, 0.99) * 1000:7.1f} ms",
             file=out,
         )
-    if blocked:
-        print(
-            f"\nHead-of-line blocking: {int(blocked)} requests ({blocked / requests:.1%}) "
-            "waited inside a busy worker behind another request.",
-            file=out,
-        )
-        for (route,), seconds in sorted(blocked_s, key=lambda kv: -kv[1])[:5]:
-            print(f"  blocked behind {route:15} {seconds:6.2f} s of waiting in all", file=out)
-        if misrouted:
-            print(
-                f"  {int(misrouted)} of them waited while another worker had a free slot "
-                "(the kernel would have given it to that idle worker).",
-                file=out,
-            )
-        example = monitor.incidents(1)
-        if example:
-            v, b = example[0]["victim"], example[0]["blockers"][0]
-            print(
-                f"  e.g. {v['method']} {v['route']} waited {v['queue_wait_s'] * 1000:.0f} ms "
-                f"in worker {v['worker']} behind {b['method']} {b['route']}",
-                file=out,
-            )
-        print(
-            "\nWhat to change: run slow routes in a separate pool or worker class, add "
-            "threads (gthread --threads, waitress threads=), or use gunicorn sync workers, "
-            "which only accept when free (then waiting happens in the kernel backlog, "
-            "where any free worker takes the next connection).",
-            file=out,
-        )
-    else:
-        print("\nNo head-of-line blocking: no request waited inside a busy worker.", file=out)
-        if server == "sync":
-            print(
-                "  gunicorn sync workers accept only when free: connections wait in the "
-                "kernel backlog, where the next free worker takes them.",
-                file=out,
-            )
+    if load.errors:
+        print(f"  {load.errors} requests failed", file=out)
+    diagnosis = analyse(snapshot)
+    print("\n" + render(diagnosis, "the demo's sidecar"), file=out)
     expected_blocking = server != "sync"
-    return bool(blocked) == expected_blocking and load.errors == 0 and requests > 0
+    return (
+        (diagnosis.blocked > 0) == expected_blocking and load.errors == 0 and diagnosis.requests > 0
+    )
 
 
-def run_demo(server: Server = "gthread", seconds: float = 12.0, out: TextIO = sys.stdout) -> int:
+def run_demo(
+    server: Server = "gthread",
+    seconds: float = 12.0,
+    out: TextIO = sys.stdout,
+    timeline_path: str | None = "wsgiwatch-demo-timeline.html",
+) -> int:
     port = _free_port()
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # tmpfs: no disk writeback
     with tempfile.TemporaryDirectory(prefix="wsgiwatch-demo-", dir=shm) as spool_dir:
@@ -255,13 +226,23 @@ def run_demo(server: Server = "gthread", seconds: float = 12.0, out: TextIO = sy
                 stop.set()
                 poller.join(5)
                 monitor.poll()
+                # Read while the workers live: the diagnosis describes them too.
+                snapshot = Snapshot.from_monitor(monitor, seconds + 5)
         except RuntimeError as exc:
             print(f"demo failed: {exc}", file=sys.stderr)
             return 2
         finally:
             stop.set()
             monitor.close()
-        ok = report(monitor, load, server, out)
+        ok = report(snapshot, load, server, out)
+    if timeline_path:
+        try:
+            with open(timeline_path, "w", encoding="utf-8") as f:
+                f.write(render_html(snapshot.recent, f"wsgiwatch demo on {server}"))
+        except OSError as exc:
+            print(f"could not write the timeline: {exc}", file=sys.stderr)
+            return 1
+        print(f"\nTimeline: {os.path.abspath(timeline_path)} (open it in a browser)", file=out)
     return 0 if ok else 1
 
 
@@ -286,10 +267,16 @@ def register(subparsers: Any) -> None:
         default=12.0,
         help="how long the load runs (default 12, at most 40)",
     )
+    parser.add_argument(
+        "--timeline",
+        default="wsgiwatch-demo-timeline.html",
+        metavar="FILE",
+        help="where to write the timeline HTML (default %(default)s; '' for none)",
+    )
     parser.set_defaults(handler=command)
 
 
 def command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     # The incidents are the sidecar's log lines; the demo prints its own summary instead.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
-    return run_demo(args.server, max(3.0, min(args.seconds, 40.0)))
+    return run_demo(args.server, max(3.0, min(args.seconds, 40.0)), timeline_path=args.timeline)
