@@ -9,6 +9,7 @@ the spool header and swallowed; exceptions of the app itself pass through untouc
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import threading
 import time
@@ -40,7 +41,6 @@ _monotonic_ns = time.monotonic_ns
 _get_native_id = threading.get_native_id
 _METHOD_CODES = fmt.METHOD_CODES
 _SLOT_pack = fmt.SLOT.pack_into
-_SLOT_bytes = fmt.SLOT.pack
 _new_call = object.__new__
 _EXIT_bytes = fmt.RECORD_EXIT.pack
 _ROUTE_LEN = fmt.ROUTE_FIELD.size
@@ -197,34 +197,26 @@ class WSGIWatch:
             except IndexError:
                 slot = writer.acquire_slot()
             call.slot = slot
-            if slot != _NO_SLOT:  # (no tuple of values: a star-call costs ~200 ns here)
-                _SLOT_pack(
-                    writer.mm,
-                    _SLOT_BASE + slot * _SLOT_SIZE,
-                    next(writer.request_numbers),
-                    _monotonic_ns(),
-                    accept,
-                    arrival,
-                    tid,
-                    port,
-                    method,
-                    source,
-                    peer_b,
-                    path_b,
-                )
-            else:  # every slot busy (counted): keep the image for the record
-                call.image = _SLOT_bytes(
-                    next(writer.request_numbers),
-                    _monotonic_ns(),
-                    accept,
-                    arrival,
-                    tid,
-                    port,
-                    method,
-                    source,
-                    peer_b,
-                    path_b,
-                )
+            if slot != _NO_SLOT:
+                target: mmap.mmap | bytearray = writer.mm
+                offset = _SLOT_BASE + slot * _SLOT_SIZE
+            else:  # every slot busy (counted): the image waits here for the record
+                target = call.image = bytearray(_SLOT_SIZE)
+                offset = 0
+            _SLOT_pack(
+                target,
+                offset,
+                next(writer.request_numbers),
+                _monotonic_ns(),
+                accept,
+                arrival,
+                tid,
+                port,
+                method,
+                source,
+                peer_b,
+                path_b,
+            )
         except Exception:
             _internal_error(writer)
             if slot != _NO_SLOT:  # taken but never written: give it back
@@ -323,7 +315,7 @@ class _Call:
     environ: Environ
     flags: int
     headers_ns: int
-    image: bytes
+    image: bytearray
     iterator: Iterator[bytes] | None
     result: Any
     server_start_response: StartResponse
@@ -474,7 +466,7 @@ class _Call:
                 start = _SLOT_BASE + slot * _SLOT_SIZE
                 image = mm[start : start + _SLOT_SIZE]
             else:
-                image = self.image  # set whenever there is no slot
+                image = bytes(self.image)  # set whenever there is no slot
             if route is not None:  # the route is the slot's last field
                 image = image[:_ROUTE_OFF] + route.ljust(_ROUTE_LEN, b"\0")
             body = image + exit_part
