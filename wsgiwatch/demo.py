@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import importlib.util
 import logging
 import os
 import signal
@@ -200,6 +201,10 @@ def run_demo(
     out: TextIO = sys.stdout,
     timeline_path: str | None = "wsgiwatch-demo-timeline.html",
 ) -> int:
+    needed = "waitress" if server == "waitress" else "gunicorn"
+    if importlib.util.find_spec(needed) is None:
+        print(f"demo: {needed} is not installed: pip install 'wsgiwatch[demo]'", file=sys.stderr)
+        return 2
     port = _free_port()
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # tmpfs: no disk writeback
     with tempfile.TemporaryDirectory(prefix="wsgiwatch-demo-", dir=shm) as spool_dir:
