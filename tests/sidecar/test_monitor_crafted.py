@@ -625,10 +625,13 @@ def test_every_contract_metric_is_exposed_with_its_labels(scene: Scene) -> None:
     for name, samples in m.items():
         for sample in samples:
             assert not FORBIDDEN_LABELS & set(sample.labels), (name, sample.labels)
-    assert value(m, "wsgiwatch_stalled_requests", worker="0") == 1
+    # Worker indexes follow the spools' names, so which index this process got depends on
+    # its pid: look it up rather than assume it.
+    mine = str(next(w["worker"] for w in monitor.state()["workers"] if w["pid"] == os.getpid()))
+    assert value(m, "wsgiwatch_stalled_requests", worker=mine) == 1
     assert value(m, "wsgiwatch_oldest_stall_seconds") >= 0.5
-    assert value(m, "wsgiwatch_worker_resident_memory_bytes", worker="0") > 1_000_000
-    assert value(m, "wsgiwatch_worker_cpu_seconds_total", worker="0") > 0
+    assert value(m, "wsgiwatch_worker_resident_memory_bytes", worker=mine) > 1_000_000
+    assert value(m, "wsgiwatch_worker_cpu_seconds_total", worker=mine) > 0
     assert value(m, "wsgiwatch_listen_backlog", listener="127.0.0.1:8000") == 2
     assert {s.labels["listener"] for s in m["wsgiwatch_listen_backlog_limit"]} == {
         "127.0.0.1:8000"
