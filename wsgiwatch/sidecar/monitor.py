@@ -127,7 +127,6 @@ class Monitor:
         self.last_poll_duration = 0.0
         self.kernel_notices: tuple[str, ...] = ()
         self.torn = 0
-        self.lost_live = 0
 
     # -- the poll ----------------------------------------------------------------------------
     def poll(self) -> None:
