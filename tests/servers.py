@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+
+from wsgiwatch.process_group import stop_group
 
 VENV_BIN = os.path.dirname(sys.executable)
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -64,15 +65,7 @@ def run_server(
         wait_for_port(port, proc)
         yield Server(proc, port, spool_dir)
     finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+        stop_group(proc)
         if proc.stdout:
             proc.stdout.close()
 

@@ -14,7 +14,6 @@ import http.client
 import importlib.util
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from typing import Any, Literal, TextIO
 import structlog
 
 from wsgiwatch.diagnose import Snapshot, analyse, render
+from wsgiwatch.process_group import stop_group
 from wsgiwatch.sidecar.monitor import Monitor
 from wsgiwatch.timeline import render_html
 
@@ -100,15 +100,7 @@ def running(argv: list[str], env: dict[str, str], port: int) -> Iterator[subproc
                 time.sleep(0.05)
         yield proc
     finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+        stop_group(proc)
         if proc.stderr:
             proc.stderr.close()
 

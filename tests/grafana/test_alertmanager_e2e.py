@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -42,6 +40,7 @@ from servers import free_port
 
 from wsgiwatch.grafana import artifacts, prometheus_rules
 from wsgiwatch.grafana.definitions import RECORDINGS_BY_KEY, Settings, record_name
+from wsgiwatch.process_group import stop_group
 
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
 ALERT = "WsgiwatchHeadOfLineBlocking"
@@ -161,13 +160,7 @@ def alertmanager(workdir: Path, receiver_url: str) -> Iterator[str]:
                 time.sleep(0.1)
         yield f"127.0.0.1:{port}"
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_group(proc)
         if proc.stderr:
             proc.stderr.close()
 
