@@ -41,7 +41,7 @@ _monotonic_ns = time.monotonic_ns
 _get_native_id = threading.get_native_id
 _METHOD_CODES = fmt.METHOD_CODES
 _SLOT_pack = fmt.SLOT.pack_into
-_new_call = object.__new__
+_new_call = list.__new__
 _EXIT_bytes = fmt.RECORD_EXIT.pack
 _ROUTE_LEN = fmt.ROUTE_FIELD.size
 _EXIT_OFF = fmt.RECORD_EXIT_OFFSET
@@ -290,7 +290,7 @@ _logged: list[bool] = []
 _warned_geometry: list[bool] = []
 
 
-class _Call:
+class _Call(list[bytes]):
     """One request: its ``start_response`` (a method the app gets bound), then the response
     iterable. One object does both jobs, to keep allocations per request few. What the record
     needs from the request's start lives in its scoreboard slot, not here: at exit the slot
@@ -304,8 +304,6 @@ class _Call:
         "flags",
         "headers_ns",
         "image",
-        "iterator",
-        "result",
         "server_start_response",
         "server_write",
         "slot",
@@ -317,8 +315,6 @@ class _Call:
     flags: int
     headers_ns: int
     image: bytearray
-    iterator: Iterator[bytes] | None
-    result: Any
     server_start_response: StartResponse
     server_write: Callable[[bytes], object]
     slot: int
@@ -349,19 +345,19 @@ class _Call:
     # -- the response iterable -------------------------------------------------------------
     def wrap(self, result: Iterable[bytes]) -> Iterable[bytes]:
         try:
-            self.result = result
             kind = type(result)
             if kind is list or kind is tuple:
                 self.bytes_sent += sum(map(len, result))
-                self.flags |= _EXHAUSTED | _SEQUENCE
-                # Same slots, plus __len__: waitress sets Content-Length for one-chunk
-                # sequences, and the response must not change because we watch it.
-                self.__class__ = _SizedCall
+                self.flags |= _EXHAUSTED
+                # This object is itself a list: the server iterates and sizes it natively
+                # (waitress sets Content-Length for one-chunk sequences: the response must
+                # not change because we watch it), and calls our close().
+                self.extend(result)
                 return self
             wrapper = self.environ.get("wsgi.file_wrapper")
             if wrapper is not None and isinstance(wrapper, type) and kind is wrapper:
                 return self._wrap_file(result)  # type: ignore[no-any-return]
-            return self
+            return _Stream(self, result)
         except Exception:
             _internal_error(self.writer)
             self.finish()
@@ -390,41 +386,9 @@ class _Call:
             self.finish()
         return result
 
-    def __iter__(self) -> Iterator[bytes]:
-        if self.flags & _SEQUENCE:  # a list or tuple: counted already, iterate it natively
-            return iter(self.result)
-        try:
-            self.iterator = iter(self.result)
-        except BaseException:
-            self.flags |= fmt.FLAG_APP_RAISED
-            raise
-        return self
-
-    def __next__(self) -> bytes:
-        try:
-            chunk: bytes = next(self.iterator)  # type: ignore[arg-type]
-        except StopIteration:
-            self.flags |= _EXHAUSTED
-            raise
-        except BaseException:
-            self.flags |= fmt.FLAG_APP_RAISED
-            raise
-        self.bytes_sent += len(chunk)
-        return chunk
-
     def close(self) -> None:
-        try:
-            # (A list or tuple has no close(); asking getattr costs an exception.)
-            close = None if self.flags & _SEQUENCE else getattr(self.result, "close", None)
-            if close is not None:
-                close()
-        except BaseException:
-            self.flags |= fmt.FLAG_APP_RAISED
-            raise
-        finally:
-            if not self.flags & (_EXHAUSTED | fmt.FLAG_APP_RAISED):
-                self.flags |= fmt.FLAG_CLIENT_GONE
-            self.finish()
+        """The server is done with a list or tuple response (which has no close())."""
+        self.finish()
 
     def finish(self) -> None:
         """Write the record and free the slot; never raises."""
@@ -494,23 +458,61 @@ class _Call:
                 writer.free_slots.append(slot)
             except Exception:
                 _internal_error(writer)
-        # Drop references early: the server may keep this object a while.
-        self.result = self.iterator = None
+        # Drop the environ early: the server may keep this object a while.
         self.environ = _EMPTY
 
 
-class _SizedCall(_Call):
-    __slots__ = ()
+class _Stream:
+    """The response iterable for anything but a list or tuple: counts bytes, sees the end,
+    and passes ``close()`` through to the app's iterable."""
 
-    def __len__(self) -> int:
-        return len(self.result) if self.result is not None else 0
+    __slots__ = ("call", "iterator", "result")
+
+    def __init__(self, call: _Call, result: Iterable[bytes]) -> None:
+        self.call = call
+        self.result: Iterable[bytes] | None = result
+        self.iterator: Iterator[bytes] | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            self.iterator = iter(self.result)  # type: ignore[arg-type]
+        except BaseException:
+            self.call.flags |= fmt.FLAG_APP_RAISED
+            raise
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            chunk: bytes = next(self.iterator)  # type: ignore[arg-type]
+        except StopIteration:
+            self.call.flags |= _EXHAUSTED
+            raise
+        except BaseException:
+            self.call.flags |= fmt.FLAG_APP_RAISED
+            raise
+        self.call.bytes_sent += len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        call = self.call
+        try:
+            close = getattr(self.result, "close", None)
+            if close is not None:
+                close()
+        except BaseException:
+            call.flags |= fmt.FLAG_APP_RAISED
+            raise
+        finally:
+            if not call.flags & (_EXHAUSTED | fmt.FLAG_APP_RAISED):
+                call.flags |= fmt.FLAG_CLIENT_GONE
+            call.finish()
+            self.result = self.iterator = None  # drop the app's objects early
 
 
 # Flag bits kept in memory only, above the 16 bits that go into the record.
 _PROXY_PENDING: Final = 1 << 16  # a proxy header is there to parse at exit
 _EXHAUSTED: Final = 1 << 17  # the response was iterated to its end
 _FINISHED: Final = 1 << 18  # the record is written
-_SEQUENCE: Final = 1 << 19  # the app returned a list or tuple
 _RECORDED_FLAGS: Final = 0xFFFF
 _EMPTY: Final[Environ] = {}
 _ACCEPTED = accept_hook.ACCEPTED  # the same dict; the hook only ever mutates it in place
