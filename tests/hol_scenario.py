@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from servers import VENV_BIN, Server, free_port, gunicorn, run_server
+from servers import VENV_BIN, Server, gunicorn, sidecar
 
 WSGIWATCH = os.path.join(VENV_BIN, "wsgiwatch")
 SLOW = (("/slow/2", 2.0), ("/slow/1.2", 1.2))
@@ -88,20 +88,8 @@ def stack(spool_dir: str) -> Iterator[Stack]:
         threads=1,
         extra=["-c", "python:wsgiwatch.gunicorn_config"],
     ) as server:
-        port = free_port()
-        argv = [
-            WSGIWATCH,
-            "sidecar",
-            "--dir",
-            spool_dir,
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--poll-interval",
-            "0.25",
-            "--log-format",
-            "json",
-        ]
-        with run_server(argv, port, spool_dir):
+        running, port = sidecar(spool_dir, "--log-format", "json")
+        with running:
             s = Stack(server, f"http://127.0.0.1:{port}")
             wait_until(lambda: len(s.api("/api/state")["workers"]) == 2, what="two workers")
             yield s

@@ -124,3 +124,20 @@ def waitress(
         app,
     ]
     return run_server(argv, port, spool_dir, env)
+
+
+def sidecar(spool_dir: str, *extra: str) -> tuple[contextlib.AbstractContextManager[Server], int]:
+    """The real ``wsgiwatch sidecar`` on a free port, polling every 0.25 s: (context, port)."""
+    port = free_port()
+    argv = [
+        os.path.join(VENV_BIN, "wsgiwatch"),
+        "sidecar",
+        "--dir",
+        spool_dir,
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--poll-interval",
+        "0.25",
+        *extra,
+    ]
+    return run_server(argv, port, spool_dir), port

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -24,7 +23,8 @@ from typing import Any
 
 import pytest
 from prom import prometheus
-from servers import VENV_BIN, Server, free_port, gunicorn, run_server, waitress
+from servers import Server, gunicorn, waitress
+from servers import sidecar as start_sidecar
 
 SLOW_S = 1.5
 FAST_COUNT = 6
@@ -56,18 +56,8 @@ class Sidecar:
 
 @contextlib.contextmanager
 def sidecar(spool_dir: str) -> Iterator[Sidecar]:
-    port = free_port()
-    argv = [
-        os.path.join(VENV_BIN, "wsgiwatch"),
-        "sidecar",
-        "--dir",
-        spool_dir,
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--poll-interval",
-        "0.25",
-    ]
-    with run_server(argv, port, spool_dir):
+    running, port = start_sidecar(spool_dir)
+    with running:
         yield Sidecar(port)
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 from prom import Prometheus, prometheus
-from servers import VENV_BIN, free_port, gunicorn, run_server
+from servers import gunicorn, sidecar
 
 from wsgiwatch.grafana.dashboards import build_all
 
@@ -212,18 +212,8 @@ def scenario() -> Iterator[Scenario]:
                 extra=["-c", "python:wsgiwatch.gunicorn_config"],
             )
         )
-        side_port = free_port()
-        argv = [
-            os.path.join(VENV_BIN, "wsgiwatch"),
-            "sidecar",
-            "--dir",
-            spool,
-            "--listen",
-            f"127.0.0.1:{side_port}",
-            "--poll-interval",
-            "0.25",
-        ]
-        stack.enter_context(run_server(argv, side_port, spool))
+        running, side_port = sidecar(spool)
+        stack.enter_context(running)
         instance = f"127.0.0.1:{side_port}"
         prom = stack.enter_context(prometheus([instance]))
         start = time.time()
