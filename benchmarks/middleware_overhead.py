@@ -170,6 +170,13 @@ def wsgiwatch_app(spool_dir: str) -> App:
     return WSGIWatch(hello_app, spool_dir=spool_dir)
 
 
+def python_wsgiwatch_app(spool_dir: str) -> App:
+    """The pure-Python path: what runs where the C accelerator could not be built."""
+    from wsgiwatch.middleware import PythonWSGIWatch
+
+    return PythonWSGIWatch(hello_app, spool_dir=spool_dir)
+
+
 def otel_app() -> App:
     from opentelemetry import trace
     from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
@@ -224,6 +231,7 @@ def contenders(dirs: list[str]) -> dict[str, App]:
         "bare app": hello_app,
         "floor (2 clock reads + 64 B pack_into)": floor_app(spool_dir),
         "WSGIWatch": wsgiwatch_app(spool_dir),
+        "WSGIWatch, pure Python (no C accelerator)": python_wsgiwatch_app(spool_dir),
         "prometheus_client Histogram": prometheus_app(CollectorRegistry()),
         "OpenTelemetry WSGI (no-op exporter)": otel_app(),
     }
@@ -279,6 +287,10 @@ TARGET_OTEL_RATIO = 20  # ... and at least 20x below OpenTelemetry's
 
 
 def print_header() -> None:
+    from wsgiwatch.accelerator import speedups
+
+    if speedups is None:
+        print("NOTE: the C accelerator is not in use: both WSGIWatch rows are pure Python")
     print(
         f"python {platform.python_version()} on {platform.machine()}, "
         f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')}; "

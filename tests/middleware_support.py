@@ -110,6 +110,22 @@ def forget_spool(directory: str) -> None:
 
 
 @contextlib.contextmanager
+def swapped(**internals: Any) -> Iterator[None]:
+    """Swap internals of ``wsgiwatch.middleware`` (to break them) for both implementations:
+    the C path is handed the swapped ones too, and the originals again afterwards."""
+    saved = {name: getattr(middleware, name) for name in internals}
+    for name, value in internals.items():
+        setattr(middleware, name, value)
+    middleware._share_with_accelerator()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(middleware, name, value)
+        middleware._share_with_accelerator()
+
+
+@contextlib.contextmanager
 def private_dir() -> Iterator[str]:
     """A fresh private spool directory for a module-scoped server."""
     with tempfile.TemporaryDirectory(

@@ -77,8 +77,8 @@ def watch_dir(spool_dir: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def watched(watch_dir: str) -> WSGIWatch:
-    return WSGIWatch(raw_app, spool_dir=watch_dir, **SMALL)
+def watched(watch_dir: str, implementation: type[WSGIWatch]) -> WSGIWatch:
+    return implementation(raw_app, spool_dir=watch_dir, **SMALL)
 
 
 @pytest.fixture
@@ -98,6 +98,7 @@ class Gunicorn:
     port: int
     spool_dir: str
     marks: str
+    implementation: str  # "c" or "python"
 
     def request(self, path: str, **kwargs: Any) -> tuple[int, list[tuple[str, str]], bytes, Record]:
         """One HTTP request, and the one record it left in the spool."""
@@ -116,13 +117,27 @@ class Gunicorn:
         return os.path.exists(os.path.join(self.marks, name))
 
 
-@pytest.fixture(scope="module")
-def gunicorn_server(body_file: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
-    """One sync gunicorn worker serving apps.pep3333 for the whole module."""
+@pytest.fixture(scope="module", params=["c", "python"])
+def gunicorn_server(
+    body_file: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Gunicorn]:
+    """One sync gunicorn worker serving apps.pep3333 for the whole module: once with the C
+    accelerator, once with the pure-Python path."""
     marks = str(tmp_path_factory.mktemp("marks"))
     env = {pep3333.MARKS_ENV: marks, pep3333.FILE_ENV: body_file}
+    if request.param == "python":
+        env["WSGIWATCH_PURE_PYTHON"] = "1"
     with private_dir() as spool, gunicorn("apps.pep3333:application", spool, env=env) as srv:
-        yield Gunicorn(srv.port, spool, marks)
+        yield Gunicorn(srv.port, spool, marks, request.param)
+
+
+def test_gunicorn_worker_records_with_the_implementation_asked_for(
+    gunicorn_server: Gunicorn,
+) -> None:
+    status, _, _, record = gunicorn_server.request("/kinds/list1")
+    assert status == 200 and record.status == 200
+    (spool,) = read_spools(gunicorn_server.spool_dir)
+    assert spool.header.accelerated == (gunicorn_server.implementation == "c")
 
 
 def only_record(directory: str) -> Record:
@@ -263,6 +278,7 @@ def test_close_passed_through_when_iter_raises_gunicorn(gunicorn_server: Gunicor
 # --- wsgi.file_wrapper ------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("implementation")
 def test_file_wrapper_handed_back_untouched_in_process(watch_dir: str, body_file: str) -> None:
     returned: list[Any] = []
 
@@ -530,6 +546,7 @@ def _raising_app(when: str, error: BaseException) -> Any:
     return app
 
 
+@pytest.mark.usefixtures("implementation")
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_app_exception_propagates_unchanged_in_process(watch_dir: str, when: str) -> None:
     error = AppError(when)
@@ -544,6 +561,7 @@ def test_app_exception_propagates_unchanged_in_process(watch_dir: str, when: str
     assert spool.busy == []
 
 
+@pytest.mark.usefixtures("implementation")
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_app_exception_propagates_unchanged_werkzeug(watch_dir: str, when: str) -> None:
     error = AppError(when)
@@ -556,6 +574,7 @@ def test_app_exception_propagates_unchanged_werkzeug(watch_dir: str, when: str) 
     assert spool.busy == []
 
 
+@pytest.mark.usefixtures("implementation")
 def test_base_exceptions_propagate_too(watch_dir: str) -> None:
     error = KeyboardInterrupt()
     mw = WSGIWatch(_raising_app("before", error), spool_dir=watch_dir, **SMALL)
@@ -640,6 +659,7 @@ def _no_date(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
 VALIDATED_PATHS = ["/stream", "/kinds/list1", "/kinds/tracked", "/kinds/empty-generator", "/write"]
 
 
+@pytest.mark.usefixtures("implementation")
 @pytest.mark.parametrize("path", VALIDATED_PATHS)
 def test_validator_inside_and_outside_werkzeug(watch_dir: str, path: str) -> None:
     app = validator(WSGIWatch(validator(raw_app), spool_dir=watch_dir, **SMALL))
@@ -652,6 +672,7 @@ def test_validator_inside_and_outside_werkzeug(watch_dir: str, path: str) -> Non
     assert [r.flags & TROUBLE for r in all_records(watch_dir)] == [0]
 
 
+@pytest.mark.usefixtures("implementation")
 def test_validator_inside_and_outside_wsgiref_server(watch_dir: str) -> None:
     class Quiet(WSGIRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:

@@ -24,6 +24,7 @@ from middleware_support import (
     environ_for,
     forget_spool,
     read_spools,
+    swapped,
 )
 from werkzeug.test import Client
 
@@ -34,6 +35,9 @@ from wsgiwatch.spool import SpoolReader, list_spools
 PATHS = ["/kinds/list1", "/kinds/generator", "/stream", "/write", "/kinds/empty-list", "/nope"]
 DISABLED = "recording disabled"
 INTERNAL = "internal error while recording"
+
+# Every test here runs against the C path and the pure-Python one.
+pytestmark = pytest.mark.usefixtures("implementation")
 
 
 @pytest.fixture
@@ -250,12 +254,12 @@ def _boom(*args: Any) -> None:
 
 @pytest.mark.usefixtures("log_once_again")
 def test_internal_error_at_exit_leaves_the_response_alone(
-    watch_dir: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    watch_dir: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     watched = WSGIWatch(raw_app, spool_dir=watch_dir, **SMALL)
     assert_unchanged(watched, ["/kinds/list1"])  # opens the spool, one good record
-    monkeypatch.setattr(middleware, "_EXIT_bytes", _boom)
-    assert_unchanged(watched)
+    with swapped(_STATUS={}, _status_code=_boom):  # the status code is looked up at exit
+        assert_unchanged(watched)
     header = header_of(watch_dir)
     assert header.write_errors == len(PATHS)
     found = messages(caplog, INTERNAL)
@@ -263,7 +267,6 @@ def test_internal_error_at_exit_leaves_the_response_alone(
     assert found[0].exc_info is not None and found[0].exc_info[0] is RuntimeError
     (spool,) = read_spools(watch_dir)
     assert spool.busy == []  # the slots were freed all the same
-    monkeypatch.undo()
     assert_unchanged(watched, ["/kinds/list1"])
     # The failed ones claimed no ring entry (nothing torn to hold readers back), and
     # recording goes on.
@@ -272,21 +275,30 @@ def test_internal_error_at_exit_leaves_the_response_alone(
 
 @pytest.mark.usefixtures("log_once_again")
 def test_internal_error_at_entry_leaves_the_response_alone(
-    watch_dir: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    watch_dir: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     watched = WSGIWatch(raw_app, spool_dir=watch_dir, **SMALL)
     assert_unchanged(watched, ["/kinds/list1"])
-    monkeypatch.setattr(middleware, "_SLOT_pack", _boom)
-    assert_unchanged(watched, PATHS[:3])
-    assert header_of(watch_dir).write_errors == 3
+    with swapped(_peers={}, _peer_bytes=_boom):  # the peer's bytes are made at entry
+        assert_unchanged(watched, PATHS[:3])
+    header = header_of(watch_dir)
+    assert header.write_errors == 3
+    assert header.ring_head == 1  # the failed ones wrote nothing
     assert len(messages(caplog, INTERNAL)) == 1
+    assert_unchanged(watched, ["/kinds/list1"])
+    (spool,) = read_spools(watch_dir)
+    assert spool.busy == [] and len(spool.records) == 2
 
 
 @pytest.mark.usefixtures("log_once_again")
 def test_internal_error_at_entry_does_not_leak_scoreboard_slots(
     watch_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    watched = WSGIWatch(raw_app, spool_dir=watch_dir, slots=2, ring_size=16, accept_events=4)
+    """The Python path takes the slot before it packs it; a failed pack gives it back. (The
+    C path takes the slot after the last step that can fail.)"""
+    watched = middleware.PythonWSGIWatch(
+        raw_app, spool_dir=watch_dir, slots=2, ring_size=16, accept_events=4
+    )
     assert_unchanged(watched, ["/kinds/list1"])
     with monkeypatch.context() as patch:
         patch.setattr(middleware, "_SLOT_pack", _boom)

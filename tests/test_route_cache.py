@@ -22,13 +22,16 @@ def own_spool(spool_dir: str) -> Iterator[str]:
         writer.close()
 
 
-def test_same_path_info_under_two_script_names_gets_two_routes(own_spool: str) -> None:
+def test_same_path_info_under_two_script_names_gets_two_routes(
+    own_spool: str, implementation: type[WSGIWatch]
+) -> None:
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         start_response("200 OK", [])
         return [b""]
 
-    watched = WSGIWatch(app, spool_dir=own_spool)
-    path_info = f"/same-{os.getpid()}"  # not in the process-wide caches yet
+    watched = implementation(app, spool_dir=own_spool)
+    # not in the process-wide caches yet
+    path_info = f"/same-{os.getpid()}-{implementation.__name__}"
     for script_name in ("/shop", "/blog"):
         environ = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": script_name, "PATH_INFO": path_info}
         watched(environ, lambda status, headers, exc_info=None: None).close()  # type: ignore[attr-defined]

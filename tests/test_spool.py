@@ -44,7 +44,7 @@ def publish(
 def writer(spool_dir: str) -> SpoolWriter:
     w = open_spool(spool_dir, slot_count=4, ring_capacity=8, accept_capacity=4)
     yield w
-    w.mm.close()
+    w.unmap()
 
 
 def test_reads_published_records_in_order(writer: SpoolWriter) -> None:

@@ -155,6 +155,10 @@ def own_spool(spool_dir: str) -> Iterator[str]:
         writer.close()
 
 
+# The tests that call WSGIWatch run against the C path and the pure-Python one.
+pytestmark = pytest.mark.usefixtures("implementation")
+
+
 def the_spool(directory: str) -> str:
     (path,) = list_spools(directory)
     assert os.path.basename(path).startswith(f"{os.getpid()}-")
@@ -293,8 +297,11 @@ class PausingMmap(mmap.mmap):
 
 
 def test_writer_lapped_in_mid_write_never_publishes_a_mixed_record(own_spool: str) -> None:
+    """The pure-Python ring write, as it runs without the accelerator: a thread paused
+    between claiming an entry and stamping it holds the others back. (The C write cannot
+    be paused: it holds the GIL from claim to stamp.)"""
     ring = 8
-    app = WSGIWatch(token_app, spool_dir=own_spool, ring_size=ring, slots=4)
+    app = middleware.PythonWSGIWatch(token_app, spool_dir=own_spool, ring_size=ring, slots=4)
     tid = threading.get_native_id()
     sent = {f"/t/b/{letters(0)}": call(app, 1, 0, tid)}  # seq 0; opens the spool
     writer = process_spool.writer_for(own_spool)
@@ -308,6 +315,7 @@ def test_writer_lapped_in_mid_write_never_publishes_a_mixed_record(own_spool: st
     pausing.ring_end = writer.record_base + ring * fmt.RECORD_SIZE
     pausing.paused, pausing.release = threading.Event(), threading.Event()
     original, writer.mm = writer.mm, pausing
+    accelerated, writer.fast = writer.fast, None  # the Python write, with its lock
 
     def paused_request() -> None:
         pausing.thread = threading.get_ident()
@@ -339,6 +347,7 @@ def test_writer_lapped_in_mid_write_never_publishes_a_mixed_record(own_spool: st
             records = reader.read_records().records
     finally:
         writer.mm = original
+        writer.fast = accelerated
         pausing.close()
     assert records
     for record in records:

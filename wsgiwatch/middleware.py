@@ -4,6 +4,12 @@ The per-request work is deliberately plain: two clock reads, a few dict lookups 
 caches, one scoreboard write at entry and one ring record at exit (``close()`` of the
 response, so streamed bodies count). Anything that goes wrong inside wsgiwatch is counted in
 the spool header and swallowed; exceptions of the app itself pass through untouched.
+
+The common case runs in C when the accelerator is built (``wsgiwatch/_speedups.c``,
+``wsgiwatch.accelerator``): ``WSGIWatch`` then derives from its ``Recorder``. The same logic
+is here in Python, as ``PythonWSGIWatch``, for builds without a compiler; the C code also
+calls back into this module for what is rare (first request, odd environs, accept sources,
+streams, file wrappers), so each of those exists once.
 """
 
 from __future__ import annotations
@@ -15,17 +21,18 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from wsgiwatch import accept_hook
 from wsgiwatch import spool_format as fmt
+from wsgiwatch.accelerator import speedups
 from wsgiwatch.accept_hook import arrival_from_socket
 from wsgiwatch.arrival import parse_mod_wsgi_time, parse_proxy_header, wall_to_monotonic_ns
 from wsgiwatch.process_spool import request_geometry, resolve_dir, writer_for
 from wsgiwatch.routes import BytesCache, path_route_bytes, peer_bytes, template_route_bytes
 from wsgiwatch.spool_writer import DEFAULT_ACCEPTS, DEFAULT_RING, DEFAULT_SLOTS, SpoolWriter
 
-__all__ = ["ROUTE_KEY", "WSGIWatch"]
+__all__ = ["ROUTE_KEY", "PythonWSGIWatch", "WSGIWatch"]
 
 logger = logging.getLogger("wsgiwatch")
 
@@ -86,17 +93,16 @@ def _native_id() -> int:
     return tid
 
 
-class WSGIWatch:
-    """Wrap a WSGI app: ``application = WSGIWatch(application)``.
+class _Settings:
+    """What both implementations share: the settings, and opening the spool (once)."""
 
-    ``spool_dir``: where the spool files go (default ``$WSGIWATCH_DIR``, else a private
-    per-user directory in ``/dev/shm`` or the temp dir). ``capacity``: how many requests
-    one process runs at once (threads), if you want to state it; otherwise the sidecar
-    infers it. ``proxy_headers``: read ``X-Request-Start`` / ``X-Queue-Start`` from a front
-    proxy (only ever a timestamp; never stored otherwise).
-    """
-
-    __slots__ = ("_capacity", "_dir", "_geometry", "_proxy_headers", "app")
+    if not TYPE_CHECKING:  # the subclasses hold the fields (mypy wants them declared here)
+        __slots__ = ()
+    app: WSGIApp
+    _capacity: int | None
+    _dir: str
+    _geometry: tuple[int, int, int]
+    _proxy_headers: bool
 
     def __init__(
         self,
@@ -151,6 +157,13 @@ class WSGIWatch:
                 _internal_error(writer)
         _ready[self._dir] = writer
         return writer
+
+
+class PythonWSGIWatch(_Settings):
+    """WSGIWatch in pure Python: what ``WSGIWatch`` is when the C accelerator is not built
+    (or ``WSGIWATCH_PURE_PYTHON=1``). Same arguments, same records."""
+
+    __slots__ = ("_capacity", "_dir", "_geometry", "_proxy_headers", "app")
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         # The entry bookkeeping is inlined here rather than in _Call.__init__: one Python
@@ -233,6 +246,26 @@ class WSGIWatch:
         return call.wrap(result)
 
 
+if TYPE_CHECKING or speedups is None:
+    WSGIWatch = PythonWSGIWatch
+else:
+
+    class WSGIWatch(speedups.Recorder, _Settings):
+        """Wrap a WSGI app: ``application = WSGIWatch(application)``.
+
+        ``spool_dir``: where the spool files go (default ``$WSGIWATCH_DIR``, else a private
+        per-user directory in ``/dev/shm`` or the temp dir). ``capacity``: how many requests
+        one process runs at once (threads), if you want to state it; otherwise the sidecar
+        infers it. ``proxy_headers``: read ``X-Request-Start`` / ``X-Queue-Start`` from a
+        front proxy (only ever a timestamp; never stored otherwise). ``slots``,
+        ``ring_size``, ``accept_events``: the spool's geometry (docs/spool-format.md).
+
+        Calling it is the C accelerator's ``Recorder.__call__``.
+        """
+
+        __slots__ = ("_capacity", "_geometry")
+
+
 # directory -> this process's writer (None: recording is off). Forgotten after a fork,
 # like the thread ids (a forked child's thread has its parent's ident, not its native id).
 _ready: dict[str, SpoolWriter | None] = {}
@@ -276,6 +309,10 @@ def _sane_get(environ: Environ) -> Callable[[str], Any]:
     return clean.get
 
 
+def _odd_request_keys(environ: Environ) -> tuple[str, int, int, bytes, bytes]:
+    return _request_keys(_sane_get(environ))
+
+
 def _internal_error(writer: SpoolWriter) -> None:
     try:
         writer.bump(fmt.OFF_WRITE_ERRORS)
@@ -284,6 +321,15 @@ def _internal_error(writer: SpoolWriter) -> None:
     if not _logged:
         _logged.append(True)
         logger.exception("wsgiwatch: internal error while recording a request (logged once)")
+
+
+def _log_internal_error(exc: BaseException) -> None:
+    """The C path's report of an internal error (it has counted it in the header)."""
+    if not _logged:
+        _logged.append(True)
+        logger.error(
+            "wsgiwatch: internal error while recording a request (logged once)", exc_info=exc
+        )
 
 
 _logged: list[bool] = []
@@ -356,35 +402,12 @@ class _Call(list[bytes]):
                 return self
             wrapper = self.environ.get("wsgi.file_wrapper")
             if wrapper is not None and isinstance(wrapper, type) and kind is wrapper:
-                return self._wrap_file(result)  # type: ignore[no-any-return]
+                return _wrap_file(self, result)  # type: ignore[no-any-return]
             return _Stream(self, result)
         except Exception:
             _internal_error(self.writer)
             self.finish()
             return result
-
-    def _wrap_file(self, result: Any) -> Any:
-        # The server must see its own file wrapper to use sendfile, so we hand it back and
-        # watch its close() through an attribute of that one object instead.
-        self.flags |= fmt.FLAG_FILE_WRAPPER
-        original = getattr(result, "close", None)
-
-        def close() -> None:
-            try:
-                if original is not None:
-                    original()
-            except BaseException:
-                self.flags |= fmt.FLAG_APP_RAISED
-                raise
-            finally:
-                self.finish()
-
-        try:
-            result.close = close
-        except (AttributeError, TypeError):
-            self.flags |= fmt.FLAG_NO_CLOSE_SEEN
-            self.finish()
-        return result
 
     def close(self) -> None:
         """The server is done with a list or tuple response (which has no close())."""
@@ -435,6 +458,10 @@ class _Call(list[bytes]):
             if route is not None:  # the route is the slot's last field
                 image = image[:_ROUTE_OFF] + route.ljust(_ROUTE_LEN, b"\0")
             body = image + exit_part
+            fast = writer.fast
+            if fast is not None:  # with the accelerator, C writes every ring entry
+                fast.commit(body)
+                return self._release(writer, slot)
             # One writer at a time from claim to publish: a thread paused between these
             # stores could otherwise be lapped by the others and publish a mixed entry.
             # (acquire/try/finally rather than ``with``: 150 ns less per request here)
@@ -452,6 +479,9 @@ class _Call(list[bytes]):
                 lock.release()
         except Exception:
             _internal_error(writer)
+        self._release(writer, slot)
+
+    def _release(self, writer: SpoolWriter, slot: int) -> None:
         if slot != _NO_SLOT:
             try:
                 _U64_pack(writer.mm, _SLOT_BASE + slot * _SLOT_SIZE, 0)
@@ -462,13 +492,46 @@ class _Call(list[bytes]):
         self.environ = _EMPTY
 
 
+class _Response(Protocol):
+    """What _Stream and _wrap_file need of a request: ``_Call`` or the accelerator's."""
+
+    flags: int
+    bytes_sent: int
+
+    def finish(self) -> None: ...
+
+
+def _wrap_file(call: _Response, result: Any) -> Any:
+    """The server must see its own file wrapper to use sendfile, so we hand it back and
+    watch its close() through an attribute of that one object instead."""
+    call.flags |= fmt.FLAG_FILE_WRAPPER
+    original = getattr(result, "close", None)
+
+    def close() -> None:
+        try:
+            if original is not None:
+                original()
+        except BaseException:
+            call.flags |= fmt.FLAG_APP_RAISED
+            raise
+        finally:
+            call.finish()
+
+    try:
+        result.close = close
+    except (AttributeError, TypeError):
+        call.flags |= fmt.FLAG_NO_CLOSE_SEEN
+        call.finish()
+    return result
+
+
 class _Stream:
     """The response iterable for anything but a list or tuple: counts bytes, sees the end,
     and passes ``close()`` through to the app's iterable."""
 
     __slots__ = ("call", "iterator", "result")
 
-    def __init__(self, call: _Call, result: Iterable[bytes]) -> None:
+    def __init__(self, call: _Response, result: Iterable[bytes]) -> None:
         self.call = call
         self.result: Iterable[bytes] | None = result
         self.iterator: Iterator[bytes] | None = None
@@ -594,3 +657,35 @@ def _proxy_wall_ns(environ: Environ) -> int:
     if not isinstance(header, str):
         return 0
     return parse_proxy_header(header, time.time_ns()) or 0
+
+
+def _share_with_accelerator() -> None:
+    """Hand the C path this module's caches and slow paths, so each exists once. Called at
+    import; tests that swap one of them call it again."""
+    if speedups is None:
+        return
+    speedups.configure(
+        ready=_ready,
+        peers=_peers,
+        peer_bytes=_peer_bytes,
+        ports=_ports,
+        port_number=_port_number,
+        path_bytes=_path_bytes,
+        route_for_path=_route_for_path,
+        method_codes=_METHOD_CODES,
+        odd_keys=_odd_request_keys,
+        accepted=_ACCEPTED,
+        accept_sources=_accept_sources,
+        templates=_templates.entries,
+        template_bytes=_templates.get,
+        proxy_wall_ns=_proxy_wall_ns,
+        statuses=_STATUS,
+        status_code=_status_code,
+        stream=_Stream,
+        wrap_file=_wrap_file,
+        python_call=PythonWSGIWatch.__call__,
+        log_error=_log_internal_error,
+    )
+
+
+_share_with_accelerator()

@@ -65,6 +65,11 @@ class BytesCache:
         self._limit = limit
         self._make = make
 
+    @property
+    def entries(self) -> dict[str, bytes]:
+        """The cache itself (cleared in place, never replaced): the C path reads it."""
+        return self._data
+
     def get(self, key: str) -> bytes:
         try:
             return self._data[key]

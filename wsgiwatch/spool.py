@@ -63,6 +63,11 @@ class SpoolHeader:
         return bool(self.flags & fmt.HEADER_FLAG_COOPERATIVE)
 
     @property
+    def accelerated(self) -> bool:
+        """The worker records through the C accelerator (else in pure Python, slower)."""
+        return bool(self.flags & fmt.HEADER_FLAG_ACCELERATED)
+
+    @property
     def capacity(self) -> int:
         """Requests the process can run at once: declared, else the most seen at once."""
         return self.declared_capacity or max(1, self.slot_high_water)

@@ -59,6 +59,7 @@ HEADER_FLAG_ACCEPT_HOOK: Final = 1  # an accept hook writes accept events into t
 HEADER_FLAG_MULTITHREAD: Final = 2  # wsgi.multithread was true
 HEADER_FLAG_MULTIPROCESS: Final = 4  # wsgi.multiprocess was true
 HEADER_FLAG_COOPERATIVE: Final = 8  # greenlets: gevent or eventlet patched the threading module
+HEADER_FLAG_ACCELERATED: Final = 16  # the C accelerator writes this spool's records
 
 # --- scoreboard slot ----------------------------------------------------------------------
 SLOT_SIZE: Final = 144

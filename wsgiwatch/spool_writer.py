@@ -17,8 +17,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
 from wsgiwatch import spool_format as fmt
+from wsgiwatch.accelerator import speedups
 from wsgiwatch.procstat import process_start_ticks
 
 logger = logging.getLogger("wsgiwatch")
@@ -71,6 +74,7 @@ class SpoolWriter:
         "_next_slot",
         "accept_base",
         "accept_capacity",
+        "fast",
         "free_slots",
         "lock",
         "mm",
@@ -101,10 +105,7 @@ class SpoolWriter:
         self.accept_capacity = accept_capacity
         self.record_base = fmt.HEADER_SIZE + slot_count * fmt.SLOT_SIZE
         self.accept_base = self.record_base + ring_capacity * fmt.RECORD_SIZE
-        self.record_seq = itertools.count()
         self.lock = threading.Lock()  # held from claiming a ring entry to publishing it
-        # Numbers requests in flight on the scoreboard (0 there means idle).
-        self.request_numbers = itertools.count(1)
         self._accept_seq = itertools.count()
         # Free scoreboard slots; list.pop() and append() are atomic under the GIL. A slot
         # belongs to a request in flight, not to a thread, so greenlets work too.
@@ -112,6 +113,28 @@ class SpoolWriter:
         self._next_slot = itertools.count()
         self._high_water = 0
         self.server_noted = False
+        # Ring positions, and numbers for requests in flight on the scoreboard (0 there
+        # means idle). With the C accelerator, its Spool writes the ring and these counters
+        # are ones it reads without a call; Python's next() works on both kinds.
+        self.record_seq: Iterator[int]
+        self.request_numbers: Iterator[int]
+        self.fast: Any = None  # the accelerator's Spool: every ring write goes through it
+        if speedups is None:
+            self.record_seq = itertools.count()
+            self.request_numbers = itertools.count(1)
+        else:
+            self.record_seq = records = speedups.Counter(0)
+            self.request_numbers = requests = speedups.Counter(1)
+            self.fast = speedups.Spool(
+                mm,
+                self.record_base,
+                ring_capacity,
+                slot_count,
+                self.free_slots,
+                self.acquire_slot,
+                requests,
+                records,
+            )
 
     # -- scoreboard ------------------------------------------------------------------------
     def acquire_slot(self) -> int:
@@ -190,12 +213,19 @@ class SpoolWriter:
             (fmt.HEADER_FLAG_COOPERATIVE if greenlets_patched() else 0)
             | (fmt.HEADER_FLAG_MULTITHREAD if multithread else 0)
             | (fmt.HEADER_FLAG_MULTIPROCESS if multiprocess else 0)
+            | (fmt.HEADER_FLAG_ACCELERATED if self.fast is not None else 0)
         )
+
+    def unmap(self) -> None:
+        """Stop writing and unmap the file; it stays (a reader may still want it)."""
+        if self.fast is not None:
+            self.fast.release()  # a mapping with a C view on it refuses to close
+        self.mm.close()
 
     def close(self) -> None:
         """Unmap and remove the file: used when a process ends cleanly, and by tests."""
         try:
-            self.mm.close()
+            self.unmap()
         finally:
             try:
                 os.unlink(self.path)

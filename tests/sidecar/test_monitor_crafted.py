@@ -86,7 +86,7 @@ class Scene:
             monitor.close()
         for writer in self.writers:
             if not writer.mm.closed:
-                writer.mm.close()
+                writer.unmap()
         self.proc.cleanup()
 
 

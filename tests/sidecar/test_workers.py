@@ -36,7 +36,7 @@ def registry(spool_dir: str, proc: FakeProc) -> Iterator[WorkerRegistry]:
 def spawn(spool_dir: str, proc: FakeProc, pid: int, ticks: int = 1000, **kw: object) -> str:
     proc.add(pid, ticks)
     writer = make_spool(spool_dir, pid, start_ticks=ticks, **kw)  # type: ignore[arg-type]
-    writer.mm.close()
+    writer.unmap()
     return writer.path
 
 
@@ -149,7 +149,7 @@ def test_a_real_worker_process_is_alive_then_dead_then_retired(spool_dir: str) -
 def test_a_spool_whose_process_is_gone_is_not_alive(spool_dir: str) -> None:
     gone = dead_pid()
     ticks = process_start_ticks(os.getpid()) or 1
-    make_spool(spool_dir, gone, start_ticks=ticks).mm.close()
+    make_spool(spool_dir, gone, start_ticks=ticks).unmap()
     registry = WorkerRegistry(spool_dir)
     registry.refresh()
     (worker,) = registry.workers.values()
@@ -162,8 +162,8 @@ def test_a_spool_whose_process_is_gone_is_not_alive(spool_dir: str) -> None:
 
 def test_without_start_ticks_liveness_falls_back_to_the_pid(spool_dir: str) -> None:
     gone = dead_pid()
-    make_spool(spool_dir, gone, start_ticks=0).mm.close()
-    make_spool(spool_dir, os.getpid(), start_ticks=0).mm.close()
+    make_spool(spool_dir, gone, start_ticks=0).unmap()
+    make_spool(spool_dir, os.getpid(), start_ticks=0).unmap()
     registry = WorkerRegistry(spool_dir)
     registry.refresh()
     alive = {w.pid: w.alive for w in registry.workers.values()}
@@ -175,14 +175,14 @@ def test_a_recycled_pid_with_another_start_time_is_dead(spool_dir: str) -> None:
     me = os.getpid()
     ticks = process_start_ticks(me)
     assert ticks
-    make_spool(spool_dir, me, start_ticks=ticks + 7).mm.close()
+    make_spool(spool_dir, me, start_ticks=ticks + 7).unmap()
     registry = WorkerRegistry(spool_dir)
     registry.refresh()
     (worker,) = registry.workers.values()
     assert not worker.alive
     registry.close()
     # The same pid with its real start time is alive.
-    make_spool(spool_dir, me, start_ticks=ticks).mm.close()
+    make_spool(spool_dir, me, start_ticks=ticks).unmap()
     registry = WorkerRegistry(spool_dir)
     registry.refresh()
     assert {w.reader.start_ticks: w.alive for w in registry.workers.values()} == {
@@ -219,10 +219,10 @@ def _damaged(spool_dir: str) -> dict[str, str]:
         f.write(fmt.MAGIC + b"\0" * 40)
     paths["truncated"] = truncated
     bad = make_spool(spool_dir, P2, start_ticks=2, magic=b"NOTSPOOL")
-    bad.mm.close()
+    bad.unmap()
     paths["magic"] = bad.path
     old = make_spool(spool_dir, P3, start_ticks=3, version=fmt.VERSION + 1)
-    old.mm.close()
+    old.unmap()
     paths["version"] = old.path
     return paths
 
@@ -258,7 +258,7 @@ def test_a_spool_being_created_is_no_error_and_is_opened_once_ready(
     assert registry.spool_errors == 0  # its writer is still at work: not damaged
     # The writer finishes its header (magic last); on tmpfs the mtime need not move.
     writer.mm[0:8] = fmt.MAGIC
-    writer.mm.close()
+    writer.unmap()
     registry.refresh()
     assert [w.pid for w in registry.live()] == [P2]
     assert registry.spool_errors == 0
@@ -268,11 +268,11 @@ def test_a_damaged_spool_replaced_by_a_good_one_at_the_same_path_is_opened(
     spool_dir: str, proc: FakeProc, registry: WorkerRegistry
 ) -> None:
     proc.add(P3, 3)
-    make_spool(spool_dir, P3, start_ticks=3, version=99).mm.close()
+    make_spool(spool_dir, P3, start_ticks=3, version=99).unmap()
     registry.refresh()
     assert registry.spool_errors == 1
     good = make_spool(spool_dir, P3, start_ticks=3)
-    good.mm.close()
+    good.unmap()
     st = os.stat(good.path)
     os.utime(good.path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     registry.refresh()

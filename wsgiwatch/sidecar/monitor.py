@@ -521,6 +521,7 @@ class Monitor:
                     "server": w.header.server_software,
                     "accept_hook": w.header.accept_hook,
                     "cooperative": w.header.cooperative,
+                    "accelerated": w.header.accelerated,
                     "multithread": bool(w.header.flags & fmt.HEADER_FLAG_MULTITHREAD),
                     "rss_bytes": w.rss,
                     "slots": [
