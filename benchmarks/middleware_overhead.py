@@ -17,7 +17,7 @@ flattering case) and cold caches (untimed server-like work between requests). ``
 adds the end-to-end comparison and the in-worker timing of ``wrk_compare.py``.
 
     .venv/bin/python benchmarks/middleware_overhead.py [--requests 20000] [--rounds 15]
-    .venv/bin/python benchmarks/middleware_overhead.py --wrk   # + end to end (~2.5 min more)
+    .venv/bin/python benchmarks/middleware_overhead.py --wrk   # + end to end (~4 min more)
 """
 
 from __future__ import annotations
@@ -327,8 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold-requests", type=int, default=500)
     parser.add_argument("--cold-rounds", type=int, default=11)
     parser.add_argument("--wrk", action="store_true", help="also run the wrk end-to-end test")
-    parser.add_argument("--wrk-rounds", type=int, default=3, help="A/B pairs per server")
-    parser.add_argument("--wrk-duration", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument("--wrk-rounds", type=int, default=10, help="A/B pairs per server")
+    parser.add_argument("--wrk-duration", type=float, default=3.0, help="seconds per wrk run")
     args = parser.parse_args(argv)
     dirs: list[str] = []
     try:

@@ -158,8 +158,13 @@ static PyObject *
 counter_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *names[] = {"start", NULL};
-    unsigned long long start = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|K:Counter", names, &start)) {
+    PyObject *start_obj = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O!:Counter", names, &PyLong_Type,
+                                     &start_obj)) {
+        return NULL;
+    }
+    unsigned long long start = start_obj ? PyLong_AsUnsignedLongLong(start_obj) : 0;
+    if (start == (unsigned long long)-1 && PyErr_Occurred()) {
         return NULL;
     }
     CounterObject *self = (CounterObject *)type->tp_alloc(type, 0);
