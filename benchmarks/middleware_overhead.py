@@ -300,7 +300,7 @@ def print_header() -> None:
         print(f"  {name}: {ns:.0f} ns")
 
 
-def print_table(title: str, added: dict[str, list[float]]) -> None:
+def print_table(title: str, added: dict[str, list[float]], cold: bool = False) -> None:
     med = {name: statistics.median(v) for name, v in added.items()}
     ours = med["WSGIWatch"]
     floor = med["floor (2 clock reads + 64 B pack_into)"]
@@ -313,6 +313,8 @@ def print_table(title: str, added: dict[str, list[float]]) -> None:
     otel = med["OpenTelemetry WSGI (no-op exporter)"]
     met_cost = "met" if ours <= TARGET_ADDED_NS else "NOT met"
     met_otel = "met" if otel / ours >= TARGET_OTEL_RATIO else "NOT met"
+    if cold:  # issue 2's targets are hot-loop figures (its floor, ~0.35 us, is one)
+        met_cost += f"; the target is a hot-loop one, and here the floor alone is {floor:.0f} ns"
     print(
         f"WSGIWatch over the floor: {ours - floor:+.0f} ns ({ours / floor:.1f}x the floor). "
         f"Target <= {TARGET_ADDED_NS} ns added: {met_cost}. OpenTelemetry / WSGIWatch = "
@@ -341,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             f"cold caches (server-like work between requests, untimed): "
             f"{args.cold_requests} requests per sample, {args.cold_rounds} rounds",
             cold,
+            cold=True,
         )
     finally:
         for path in dirs:

@@ -252,14 +252,22 @@ def _boom(*args: Any) -> None:
     raise RuntimeError("wsgiwatch broke")
 
 
+def _behind_a_proxy(app: Any) -> Any:
+    def proxied(environ: dict[str, Any], start_response: Any) -> Any:
+        environ["HTTP_X_REQUEST_START"] = f"t={time.time_ns() // 1000}"
+        return app(environ, start_response)
+
+    return proxied
+
+
 @pytest.mark.usefixtures("log_once_again")
 def test_internal_error_at_exit_leaves_the_response_alone(
     watch_dir: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     watched = WSGIWatch(raw_app, spool_dir=watch_dir, **SMALL)
     assert_unchanged(watched, ["/kinds/list1"])  # opens the spool, one good record
-    with swapped(_STATUS={}, _status_code=_boom):  # the status code is looked up at exit
-        assert_unchanged(watched)
+    with swapped(_proxy_wall_ns=_boom):  # a front proxy's header is read at exit
+        assert_unchanged(_behind_a_proxy(watched))
     header = header_of(watch_dir)
     assert header.write_errors == len(PATHS)
     found = messages(caplog, INTERNAL)
@@ -279,7 +287,7 @@ def test_internal_error_at_entry_leaves_the_response_alone(
 ) -> None:
     watched = WSGIWatch(raw_app, spool_dir=watch_dir, **SMALL)
     assert_unchanged(watched, ["/kinds/list1"])
-    with swapped(_peers={}, _peer_bytes=_boom):  # the peer's bytes are made at entry
+    with swapped(_path_bytes={}, _route_for_path=_boom):  # the route is made at entry
         assert_unchanged(watched, PATHS[:3])
     header = header_of(watch_dir)
     assert header.write_errors == 3

@@ -20,10 +20,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from middleware_support import SMALL, StartResponse, all_records, environ_for, forget_spool
 
 from wsgiwatch import WSGIWatch, accelerator, middleware
 from wsgiwatch import spool_format as fmt
+from wsgiwatch.routes import peer_bytes
 from wsgiwatch.spool import Record
 
 speedups = accelerator.speedups
@@ -328,3 +331,47 @@ def test_spool_refuses_a_geometry_that_does_not_fit() -> None:
             speedups.Call()
     finally:
         mm.close()
+
+
+# --- the values the C path reads without a dict, against the Python path's -----------------
+
+_PORTISH = st.one_of(
+    st.text(alphabet="0123456789", max_size=12),
+    st.text(alphabet="0123456789 +-_x\u0663", max_size=8),  # int() takes some of these
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.none(),
+)
+_STATUSISH = st.one_of(
+    st.text(alphabet="0123456789 OKx\u0663", max_size=8).map(lambda s: s + " OK"),
+    st.text(max_size=6),
+    st.sampled_from(["200 OK", "404 Not Found", "099 Odd", "000 Zero", "2000", "20", ""]),
+)
+_METHODISH = st.one_of(st.sampled_from(fmt.METHODS), st.text(max_size=8))
+_PEERISH = st.one_of(
+    st.text(alphabet="0123456789abcdef.:", max_size=60),
+    st.text(max_size=45),  # non-ASCII: the Python cache path
+)
+
+
+@given(_PORTISH)
+def test_port_as_the_python_path_stores_it(value: Any) -> None:
+    assert speedups is not None
+    assert speedups.port_of(value) == middleware._port_number(value)
+
+
+@given(_STATUSISH)
+def test_status_as_the_python_path_stores_it(value: str) -> None:
+    assert speedups is not None
+    assert speedups.status_of(value) == middleware._status_code(value)
+
+
+@given(_METHODISH)
+def test_method_as_the_python_path_stores_it(value: str) -> None:
+    assert speedups is not None
+    assert speedups.method_of(value) == fmt.METHOD_CODES.get(value, 0)
+
+
+@given(_PEERISH)
+def test_peer_as_the_python_path_stores_it(value: str) -> None:
+    assert speedups is not None
+    assert speedups.peer_of(value) == peer_bytes(value)

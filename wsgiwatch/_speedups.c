@@ -106,16 +106,22 @@ put_u64(uint8_t *p, uint64_t v)
     memcpy(p, &v, 8);
 }
 
-/* A bytes value into a fixed-size field: cut or zero-padded, as struct's "Ns" does. */
+/* Bytes into a fixed-size field: cut or zero-padded, as struct's "Ns" does. */
 static inline void
-put_field(uint8_t *p, size_t field, PyObject *bytes)
+put_text(uint8_t *p, size_t field, const void *text, Py_ssize_t length)
 {
-    size_t n = (size_t)PyBytes_GET_SIZE(bytes);
+    size_t n = (size_t)length;
     if (n > field) {
         n = field;
     }
-    memcpy(p, PyBytes_AS_STRING(bytes), n);
+    memcpy(p, text, n);
     memset(p + n, 0, field - n);
+}
+
+static inline void
+put_field(uint8_t *p, size_t field, PyObject *bytes)
+{
+    put_text(p, field, PyBytes_AS_STRING(bytes), PyBytes_GET_SIZE(bytes));
 }
 
 /* --- what middleware.py hands over: its caches and its slow paths ---------------------- */
@@ -530,6 +536,104 @@ cached_bytes(PyObject *cache, PyObject *fill, PyObject *key)
     return value;
 }
 
+/* --- the common values without a dict: a server hands over new str objects per request,
+ * and each lookup in a cache dict hashes one and touches cache lines of a dict that is cold
+ * by then. Plain ASCII is read here; anything else goes the cached Python way. ---------- */
+
+/* The characters of a plain-ASCII str (one byte each), or NULL. */
+static inline const char *
+ascii_text(PyObject *s, Py_ssize_t *length)
+{
+    if (!PyUnicode_CheckExact(s)) {
+        return NULL;
+    }
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(s) < 0) { /* before 3.12 a str may still be in the legacy form */
+        PyErr_Clear();
+        return NULL;
+    }
+#endif
+    if (!PyUnicode_IS_ASCII(s)) {
+        return NULL;
+    }
+    *length = PyUnicode_GET_LENGTH(s);
+    return (const char *)PyUnicode_DATA(s);
+}
+
+/* The value of 1 to 9 decimal digits, or -1 (anything else: int() may still take it). */
+static inline long
+digits_value(const char *text, Py_ssize_t length)
+{
+    if (length < 1 || length > 9) {
+        return -1;
+    }
+    long value = 0;
+    for (Py_ssize_t i = 0; i < length; i++) {
+        if (text[i] < '0' || text[i] > '9') {
+            return -1;
+        }
+        value = value * 10 + (text[i] - '0');
+    }
+    return value;
+}
+
+/* REMOTE_PORT or SERVER_PORT as the record stores it: _port_number()'s int(text) & 0xFFFF. */
+static int
+port_of(PyObject *text, long *out)
+{
+    Py_ssize_t length;
+    const char *ascii = ascii_text(text, &length);
+    long value = ascii != NULL ? digits_value(ascii, length) : -1;
+    if (value >= 0) {
+        *out = value & 0xFFFF;
+        return 0;
+    }
+    return cached_int(py.ports, py.port_number, text, out);
+}
+
+/* The status line's code: _status_code()'s int(status[:3]), 0 unless 0 < code < 1000. */
+static int
+status_of(PyObject *status, long *out)
+{
+    Py_ssize_t length;
+    const char *ascii = ascii_text(status, &length);
+    long value = ascii != NULL && length >= 3 ? digits_value(ascii, 3) : -1;
+    if (value >= 0) {
+        *out = value;
+        return 0;
+    }
+    return cached_int(py.statuses, py.status_code, status, out);
+}
+
+/* spool_format.METHOD_CODES for the usual methods; others are looked up in it. */
+static int
+method_of(PyObject *method, long *out)
+{
+    static const struct {
+        const char *name;
+        long code;
+    } known[] = {{"GET", 1}, {"HEAD", 2}, {"POST", 3},    {"PUT", 4},   {"DELETE", 5},
+                 {"PATCH", 6}, {"OPTIONS", 7}, {"CONNECT", 8}, {"TRACE", 9}};
+    Py_ssize_t length;
+    const char *ascii = ascii_text(method, &length);
+    if (ascii != NULL) {
+        for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
+            if ((size_t)length == strlen(known[i].name) &&
+                memcmp(ascii, known[i].name, (size_t)length) == 0) {
+                *out = known[i].code;
+                return 0;
+            }
+        }
+    }
+    PyObject *code = PyDict_GetItemWithError(py.method_codes, method);
+    if (code == NULL) {
+        *out = 0;
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    *out = PyLong_AsLong(code);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
 /* Write the record and free the slot. Never raises; an exception already set (the app's,
  * when it raised) is kept as it is. */
 static void
@@ -573,14 +677,14 @@ call_finish(CallObject *self)
             goto failed;
         }
     }
-    if (self->status != NULL && cached_int(py.statuses, py.status_code, self->status, &code) < 0) {
+    if (self->status != NULL && status_of(self->status, &code) < 0) {
         goto failed;
     }
     PyObject *port_text = PyDict_GetItemWithError(environ, s_SERVER_PORT);
     if (port_text == NULL && PyErr_Occurred()) {
         goto failed;
     }
-    if (port_text != NULL && cached_int(py.ports, py.port_number, port_text, &server_port) < 0) {
+    if (port_text != NULL && port_of(port_text, &server_port) < 0) {
         /* the Python path counts an unhashable port as 0; so does this one */
         if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
             goto failed;
@@ -872,6 +976,7 @@ recorder_call(RecorderObject *self, PyObject *args, PyObject *kwargs)
     call->slot = NO_SLOT;
 
     PyObject *keys = NULL, *peer = NULL, *path = NULL, *peer_b = NULL, *path_b = NULL;
+    Py_ssize_t peer_length = 0;
     long port = 0, method = 0;
     uint64_t accept_ns = 0, arrival_ns = 0;
     long source = 0;
@@ -915,8 +1020,7 @@ recorder_call(RecorderObject *self, PyObject *args, PyObject *kwargs)
         peer = Py_NewRef(v_peer != NULL && v_peer != Py_None && PyUnicode_GET_LENGTH(v_peer)
                              ? v_peer
                              : s_empty);
-        if (v_port != NULL && v_port != Py_None &&
-            cached_int(py.ports, py.port_number, v_port, &port) < 0) {
+        if (v_port != NULL && v_port != Py_None && port_of(v_port, &port) < 0) {
             goto failed;
         }
         if (v_path != NULL && v_path != Py_None) {
@@ -932,16 +1036,14 @@ recorder_call(RecorderObject *self, PyObject *args, PyObject *kwargs)
                 goto failed;
             }
         }
-        if (v_method != NULL && v_method != Py_None) {
-            PyObject *code = PyDict_GetItemWithError(py.method_codes, v_method);
-            if (code == NULL && PyErr_Occurred()) {
+        if (v_method != NULL && v_method != Py_None && method_of(v_method, &method) < 0) {
+            goto failed;
+        }
+        if (ascii_text(peer, &peer_length) == NULL) { /* else stored as it is, below */
+            peer_b = cached_bytes(py.peers, py.peer_bytes, peer);
+            if (peer_b == NULL) {
                 goto failed;
             }
-            method = code != NULL ? PyLong_AsLong(code) : 0;
-        }
-        peer_b = cached_bytes(py.peers, py.peer_bytes, peer);
-        if (peer_b == NULL) {
-            goto failed;
         }
         path_b = cached_bytes(py.path_bytes, py.route_for_path, path);
         if (path_b == NULL) {
@@ -981,7 +1083,12 @@ recorder_call(RecorderObject *self, PyObject *args, PyObject *kwargs)
     put_u16(image + 36, (uint32_t)port);
     image[38] = (uint8_t)method;
     image[39] = (uint8_t)source;
-    put_field(image + SLOT_PEER_OFFSET, SLOT_PEER_LEN, peer_b);
+    if (peer_b != NULL) {
+        put_field(image + SLOT_PEER_OFFSET, SLOT_PEER_LEN, peer_b);
+    }
+    else { /* plain ASCII: peer_bytes() would encode it to the same bytes */
+        put_text(image + SLOT_PEER_OFFSET, SLOT_PEER_LEN, PyUnicode_DATA(peer), peer_length);
+    }
     put_field(image + SLOT_ROUTE_OFFSET, SLOT_ROUTE_LEN, path_b);
 
     /* The slot is taken last, so nothing above can fail while holding it. */
@@ -1125,7 +1232,63 @@ configure(PyObject *module, PyObject *args, PyObject *kwargs)
     Py_RETURN_NONE;
 }
 
+/* What the C path stores for one value, for the tests to hold against the Python path. */
+static PyObject *
+value_of(PyObject *value, int (*parse)(PyObject *, long *))
+{
+    long out = 0;
+    if (py.ports == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() first");
+        return NULL;
+    }
+    if (parse(value, &out) < 0) {
+        return NULL;
+    }
+    return PyLong_FromLong(out);
+}
+
+static PyObject *
+port_of_py(PyObject *module, PyObject *value)
+{
+    return value_of(value, port_of);
+}
+
+static PyObject *
+status_of_py(PyObject *module, PyObject *value)
+{
+    return value_of(value, status_of);
+}
+
+static PyObject *
+method_of_py(PyObject *module, PyObject *value)
+{
+    return value_of(value, method_of);
+}
+
+static PyObject *
+peer_of_py(PyObject *module, PyObject *value)
+{
+    Py_ssize_t length;
+    const char *ascii = ascii_text(value, &length);
+    if (ascii != NULL) {
+        return PyBytes_FromStringAndSize(ascii, length < SLOT_PEER_LEN ? length : SLOT_PEER_LEN);
+    }
+    if (py.peers == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() first");
+        return NULL;
+    }
+    PyObject *bytes = cached_bytes(py.peers, py.peer_bytes, value);
+    if (bytes != NULL && PyBytes_GET_SIZE(bytes) > SLOT_PEER_LEN) {
+        Py_SETREF(bytes, PyBytes_FromStringAndSize(PyBytes_AS_STRING(bytes), SLOT_PEER_LEN));
+    }
+    return bytes;
+}
+
 static PyMethodDef module_methods[] = {
+    {"port_of", port_of_py, METH_O, PyDoc_STR("The port number the C path stores")},
+    {"status_of", status_of_py, METH_O, PyDoc_STR("The status code the C path stores")},
+    {"method_of", method_of_py, METH_O, PyDoc_STR("The method code the C path stores")},
+    {"peer_of", peer_of_py, METH_O, PyDoc_STR("The peer bytes the C path stores")},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_VARARGS | METH_KEYWORDS,
      PyDoc_STR("Hand over middleware.py's caches and slow paths (once, at its import).")},
     {NULL},
