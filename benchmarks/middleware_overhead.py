@@ -350,9 +350,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(path, ignore_errors=True)
     if args.wrk:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from wrk_compare import print_in_server, run_wrk_comparison
+        from wrk_compare import print_in_server, print_interleaved, run_wrk_comparison
 
         run_wrk_comparison(args.wrk_rounds, args.wrk_duration)
+        print_interleaved()
         print_in_server()
     return 0
 

@@ -1,29 +1,29 @@
 """End to end: requests/s of gunicorn serving hello world, with and without WSGIWatch.
 
-    .venv/bin/python benchmarks/wrk_compare.py [--rounds 3] [--duration 5]
+    .venv/bin/python benchmarks/wrk_compare.py [--rounds 10] [--duration 3]
 
-For each server setup, two servers run side by side on 127.0.0.1 (free ports): one serves
-the bare app, one the same app wrapped in WSGIWatch (spool in /dev/shm). ``wrk -t1 -c8``
-runs against them in turn, A/B then B/A, round after round, so drift (other load, CPU
-frequency, the page cache) hits both alike. We print the median requests/s of each, the
-loss of the median, and the median of the per-round paired losses with its 95% confidence
-interval (order statistics: no assumption on how the noise is spread). The same for the loss
-that the workers' CPU time per request implies (a CPU-bound worker serves 1 / CPU-per-request
-requests a second): a steadier figure, since it leaves out time stolen by other tenants.
-Target: loss <= 2%; the verdict is "met" only when the whole interval of the requests/s loss
-is at or below 2%, "NOT met" when it is all above, and "cannot tell" when the noise is wider
-than the effect.
+For each server setup, one gunicorn serves both: ``/hello`` is the bare app, and
+``/watched/hello`` the same app wrapped in WSGIWatch (``bench_apps.side_by_side``; spool
+in /dev/shm). One server rather than two: two worker processes running the same code
+differ by a few percent on their own (memory layout, cache sets), as much as the effect
+we look for. ``wrk -t1 -c8`` loads the two paths in turn, A/B then B/A, round after round,
+so drift (other load, the host) hits both alike. We print the median requests/s of each,
+the loss of the medians, and the median of the per-round paired losses with its 95%
+confidence interval (order statistics: no assumption on how the noise is spread). The same
+for the loss that the worker's CPU time per request implies (a CPU-bound worker serves
+1 / CPU-per-request requests a second): a steadier figure, since it leaves out time the
+machine's other tenants take. Target: loss <= 2%; the verdict is "met" only when the whole
+interval of the requests/s loss is at or below 2%, "NOT met" when it is all above, and
+"cannot tell" when the noise is wider than the effect.
 
-On a machine with two CPUs or more, the servers' processes run on CPU 0 and wrk on CPU 1
+On a machine with two CPUs or more, the server's processes run on CPU 0 and wrk on CPU 1
 (``sched_setaffinity``): the client and the server no longer fight over a core, or land on
 one by chance, which was most of the run-to-run swing.
-Beside requests/s we read the workers' CPU time per request (psutil): the middleware adds
-user time, which is less at the mercy of other load than requests/s.
 
-Then, inside the worker: three gunicorn sync servers serve the bare app, the floor
-middleware and WSGIWatch, each behind the timing shim of ``bench_apps`` (time in the app
-call + ``close()`` per request, median). That is what the middleware costs where it runs,
-with the caches the server leaves it, measured without the noise of the network path.
+Then, inside the worker: one gunicorn sync worker serves the bare app, the floor middleware
+and WSGIWatch, each behind the timing shim of ``bench_apps`` (time in the app call +
+``close()`` per request, median). That is what the middleware costs where it runs, with
+the caches the server leaves it, measured without the noise of the network path.
 
 wrk is Debian's package (``/usr/bin/wrk``). The servers are stopped by their pid (process
 group) when each setup is done.
@@ -172,30 +172,21 @@ def spool_tmpdir(prefix: str) -> Iterator[str]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def gunicorn_pair(
-    worker_class: str, workers: int, threads: int, spool_dir: str, extra: Sequence[str] = ()
-) -> Iterator[tuple[servers.Server, servers.Server]]:
-    """The bare and the wrapped server, side by side; both stopped (by pid) on exit."""
+def bench_gunicorn(
+    app: str, worker_class: str, workers: int, threads: int, spool_dir: str
+) -> contextlib.AbstractContextManager[servers.Server]:
+    """gunicorn serving one of ``bench_apps``; stopped by pid when the block ends."""
     # gunicorn touches a heartbeat file per loop turn: keep it on tmpfs, as its docs advise.
-    args = ["--worker-tmp-dir", "/dev/shm", *extra] if os.path.isdir("/dev/shm") else [*extra]
-    env = {"PYTHONPATH": BENCH_DIR}
-    with contextlib.ExitStack() as stack:
-        bare, watched = (
-            stack.enter_context(
-                servers.gunicorn(
-                    app,
-                    spool_dir,
-                    worker_class=worker_class,
-                    workers=workers,
-                    threads=threads,
-                    extra=args,
-                    env=env,
-                )
-            )
-            for app in ("bench_apps:raw_app", "bench_apps:application")
-        )
-        yield bare, watched
+    args = ["--worker-tmp-dir", "/dev/shm"] if os.path.isdir("/dev/shm") else []
+    return servers.gunicorn(
+        app,
+        spool_dir,
+        worker_class=worker_class,
+        workers=workers,
+        threads=threads,
+        extra=args,
+        env={"PYTHONPATH": BENCH_DIR},
+    )
 
 
 def server_cpu_s(server: servers.Server) -> tuple[float, float]:
@@ -245,10 +236,10 @@ class Run:
     cpu_us_per_request: float
 
 
-def measure(server: servers.Server, duration_s: float) -> Run:
+def measure(server: servers.Server, path: str, duration_s: float) -> Run:
     user0, sys0 = server_cpu_s(server)
     ran0 = server_runtime_ns(server)
-    result = run_wrk(server.url + "/hello", duration_s=duration_s)
+    result = run_wrk(server.url + path, duration_s=duration_s)
     user1, sys1 = server_cpu_s(server)
     ran1 = server_runtime_ns(server)
     n = max(1, result.requests)
@@ -312,24 +303,27 @@ class Comparison:
 
 
 TARGET_LOSS_PCT = 2.0  # issue 2: requests/s lost to WSGIWatch, gunicorn sync, hello world
+BARE_PATH = "/hello"  # bench_apps.side_by_side: the bare app ...
+WATCHED_PATH = "/watched/hello"  # ... and the same app in WSGIWatch, in the same process
 
 
 def compare(
     label: str, worker_class: str, workers: int, threads: int, rounds: int, duration_s: float
 ) -> Comparison:
+    app = "bench_apps:side_by_side"
     with (
         spool_tmpdir("wsgiwatch-wrk-") as spool_dir,
-        gunicorn_pair(worker_class, workers, threads, spool_dir) as (bare_server, watched_server),
+        bench_gunicorn(app, worker_class, workers, threads, spool_dir) as server,
     ):
-        for server in (bare_server, watched_server):  # warm up: imports, first spool, caches
-            run_wrk(server.url + "/hello", duration_s=1)
-            pin_server(server)  # after the warm-up: gthread starts its threads on demand
+        for path in (BARE_PATH, WATCHED_PATH):  # warm up: imports, first spool, caches
+            run_wrk(server.url + path, duration_s=1)
+        pin_server(server)  # after the warm-up: gthread starts its threads on demand
         bare: list[Run] = []
         watched: list[Run] = []
         for i in range(rounds):
-            order = [(bare_server, bare), (watched_server, watched)]
-            for server, out in order if i % 2 == 0 else reversed(order):
-                out.append(measure(server, duration_s))
+            order = [(BARE_PATH, bare), (WATCHED_PATH, watched)]
+            for path, out in order if i % 2 == 0 else reversed(order):
+                out.append(measure(server, path, duration_s))
         spools = sum(1 for n in os.listdir(spool_dir) if n.endswith(".spool"))
     return Comparison(label, bare, watched, spools)
 
@@ -379,43 +373,109 @@ def run_wrk_comparison(rounds: int = 3, duration_s: float = 5.0) -> list[Compari
     return results
 
 
-#: (label, app in bench_apps) for the in-server timing
-TIMED = (
-    ("bare app", "bench_apps:timed_raw_app"),
-    ("floor", "bench_apps:timed_floor_app"),
-    ("WSGIWatch", "bench_apps:timed_application"),
-)
+_ALTERNATE_LUA = f"""
+-- every other request goes through WSGIWatch
+local n = 0
+request = function()
+  n = n + 1
+  if n % 2 == 0 then return wrk.format("GET", "{WATCHED_PATH}") end
+  return wrk.format("GET", "{BARE_PATH}")
+end
+"""
 
 
-def in_server_timing(rounds: int = 5, duration_s: float = 3.0) -> dict[str, list[float]]:
-    """Median ns per request spent in app call + close(), inside gunicorn sync workers,
-    one value per round; plus each server's worker user CPU us per request."""
-    args = ["--worker-tmp-dir", "/dev/shm"] if os.path.isdir("/dev/shm") else []
-    out: dict[str, list[float]] = {}
-    with spool_tmpdir("wsgiwatch-timed-") as spool_dir, contextlib.ExitStack() as stack:
-        started = [
-            (
-                label,
-                stack.enter_context(
-                    servers.gunicorn(app, spool_dir, extra=args, env={"PYTHONPATH": BENCH_DIR})
-                ),
-            )
-            for label, app in TIMED
-        ]
-        for _, server in started:  # warm up, then forget what the warm-up measured
-            run_wrk(server.url + "/hello", duration_s=1)
-            pin_server(server)
-            _get_stats(server)
-        for i in range(rounds):
-            for label, server in started if i % 2 == 0 else reversed(started):
-                run = measure(server, duration_s)
-                out.setdefault(label, []).append(float(_get_stats(server)["median_ns"]))
-                out.setdefault(label + " user", []).append(run.user_us_per_request)
+@dataclass
+class Interleaved:
+    bare_us: list[float]  # per run: median CPU us per request cycle
+    watched_us: list[float]
+
+    @property
+    def losses(self) -> list[float]:
+        """Per run: the throughput a CPU-bound worker loses, 1 - bare / watched."""
+        return [100 * (1 - b / w) for b, w in zip(self.bare_us, self.watched_us, strict=True)]
+
+
+def interleaved_cycles(runs: int = 10, duration_s: float = 3.0) -> Interleaved:
+    """One gunicorn sync worker, wrk sending bare and wrapped requests alternately; per
+    run, the median CPU time of a request cycle of each kind (``cycled_side_by_side``)."""
+    out = Interleaved([], [])
+    with (
+        spool_tmpdir("wsgiwatch-cycles-") as spool_dir,
+        bench_gunicorn("bench_apps:cycled_side_by_side", "sync", 1, 1, spool_dir) as server,
+        tempfile.NamedTemporaryFile("w", suffix=".lua") as script,
+    ):
+        script.write(_ALTERNATE_LUA)
+        script.flush()
+        run_wrk(server.url + "/", duration_s=1, script=script.name)  # warm up
+        pin_server(server)
+        _get_cycles(server)
+        for _ in range(runs):
+            run_wrk(server.url + "/", duration_s=duration_s, script=script.name)
+            cycles = _get_cycles(server)
+            out.bare_us.append(statistics.median(cycles["bare"]) / 1e3)
+            out.watched_us.append(statistics.median(cycles["watched"]) / 1e3)
     return out
 
 
-def _get_stats(server: servers.Server) -> dict[str, float]:
-    with urllib.request.urlopen(server.url + "/_stats", timeout=10) as response:
+def _get_cycles(server: servers.Server) -> dict[str, list[int]]:
+    with urllib.request.urlopen(server.url + "/_cycles", timeout=10) as response:
+        figures: dict[str, list[int]] = json.loads(response.read())
+    return figures
+
+
+def print_interleaved(runs: int = 10, duration_s: float = 3.0) -> Interleaved:
+    result = interleaved_cycles(runs, duration_s)
+    losses = result.losses
+    low, high = median_interval(losses)
+    bare, watched = statistics.median(result.bare_us), statistics.median(result.watched_us)
+    verdict = (
+        "met"
+        if high <= TARGET_LOSS_PCT
+        else "NOT met"
+        if low > TARGET_LOSS_PCT
+        else ("cannot tell")
+    )
+    print(
+        f"\ninterleaved: one gunicorn sync worker, wrk -t1 -c8 sending bare and WSGIWatch "
+        f"requests alternately, {runs} runs of {duration_s:g}s; the worker's CPU time per "
+        "request cycle (app, send, close, accept and parse of the next), median per run"
+    )
+    print(
+        f"  bare {bare:.1f} us, WSGIWatch {watched:.1f} us: +{watched - bare:.2f} us per "
+        f"request; loss for a CPU-bound worker {statistics.median(losses):+.2f}% "
+        f"[95%: {low:+.2f}..{high:+.2f}] (target <= {TARGET_LOSS_PCT:g}%: {verdict})",
+        flush=True,
+    )
+    return result
+
+
+#: (label, contender of bench_apps.timed_side_by_side) for the in-server timing
+TIMED = (("bare app", "bare"), ("floor", "floor"), ("WSGIWatch", "watched"))
+
+
+def in_server_timing(rounds: int = 5, duration_s: float = 3.0) -> dict[str, list[float]]:
+    """Median ns per request spent in app call + close(), inside one gunicorn sync worker
+    that serves all three contenders, one value per round; plus the worker's CPU time per
+    request while serving each."""
+    out: dict[str, list[float]] = {}
+    with (
+        spool_tmpdir("wsgiwatch-timed-") as spool_dir,
+        bench_gunicorn("bench_apps:timed_side_by_side", "sync", 1, 1, spool_dir) as server,
+    ):
+        for _, contender in TIMED:  # warm up, then forget what the warm-up measured
+            run_wrk(f"{server.url}/{contender}/hello", duration_s=1)
+            _get_stats(server, contender)
+        pin_server(server)
+        for i in range(rounds):
+            for label, contender in TIMED if i % 2 == 0 else reversed(TIMED):
+                run = measure(server, f"/{contender}/hello", duration_s)
+                out.setdefault(label, []).append(float(_get_stats(server, contender)["median_ns"]))
+                out.setdefault(label + " cpu", []).append(run.cpu_us_per_request)
+    return out
+
+
+def _get_stats(server: servers.Server, contender: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"{server.url}/_stats/{contender}", timeout=10) as response:
         figures: dict[str, float] = json.loads(response.read())
     return figures
 
@@ -423,22 +483,27 @@ def _get_stats(server: servers.Server) -> dict[str, float]:
 def print_in_server(rounds: int = 5, duration_s: float = 3.0) -> dict[str, list[float]]:
     figures = in_server_timing(rounds, duration_s)
     print(
-        f"\ninside the worker: gunicorn sync -w 1, wrk -t1 -c8 -d{duration_s:g}s, {rounds} rounds; "
+        f"\ninside the worker: one gunicorn sync worker serving all three, wrk -t1 -c8 "
+        f"-d{duration_s:g}s per contender, {rounds} rounds; "
         "per request, the time in the app call + close() (a timing shim around each), "
-        "median of the per-round medians"
+        "median of the per-round medians; and the worker's whole CPU time per request "
+        "(scheduler runtime), median of the rounds"
     )
     print(
         f"{'contender':12} {'ns/request':>10} {'added':>7} {'min..max of rounds':>20} "
-        f"{'user us/req':>11}"
+        f"{'CPU us/req':>10} {'added':>7}"
     )
+    bare_cpu = statistics.median(figures["bare app cpu"])
     bare = statistics.median(figures["bare app"])
     for label, _ in TIMED:
         values = figures[label]
         added = "" if label == "bare app" else f"{statistics.median(values) - bare:+7.0f}"
+        cpu = statistics.median(figures[label + " cpu"])
+        cpu_added = "" if label == "bare app" else f"{cpu - bare_cpu:+7.1f}"
         print(
             f"{label:12} {statistics.median(values):10.0f} {added:>7} "
             f"{f'{min(values):.0f}..{max(values):.0f}':>20} "
-            f"{statistics.median(figures[label + ' user']):11.1f}",
+            f"{cpu:10.1f} {cpu_added:>7}",
             flush=True,
         )
     return figures
@@ -450,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per wrk run")
     args = parser.parse_args(argv)
     run_wrk_comparison(args.rounds, args.duration)
+    print_interleaved()
     print_in_server()
     return 0
 

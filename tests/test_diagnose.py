@@ -269,6 +269,15 @@ def test_fixture_no_timing_source_says_so() -> None:
     assert "Turn on the accept hook" in text
 
 
+def test_fixture_pure_python_workers_are_named_once_and_accelerated_ones_not() -> None:
+    state = copy.deepcopy(STATE)
+    state["workers"][0]["accelerated"] = False
+    pure = flat(render(analyse(snapshot(copy.deepcopy(RECENT), state))))
+    assert "1 worker records in pure Python" in pure
+    state["workers"][0]["accelerated"] = True
+    assert "pure Python" not in flat(render(analyse(snapshot(copy.deepcopy(RECENT), state))))
+
+
 @pytest.mark.parametrize(
     ("software", "family"),
     [
