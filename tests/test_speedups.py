@@ -59,6 +59,40 @@ def test_pure_python_on_request() -> None:
     assert out.stdout.strip() == "ok"
 
 
+_SUB_INTERPRETER = """
+try:
+    import _interpreters as interpreters  # 3.13+
+except ImportError:
+    import _xxsubinterpreters as interpreters
+if {main_first}:
+    from wsgiwatch import WSGIWatch, accelerator
+    assert accelerator.speedups is not None
+sub = interpreters.create()
+interpreters.run_string(sub, '''
+from wsgiwatch import WSGIWatch, accelerator, middleware
+assert accelerator.speedups is None, accelerator.speedups
+assert WSGIWatch is middleware.PythonWSGIWatch
+''')
+from wsgiwatch import WSGIWatch, accelerator
+assert accelerator.speedups is not None
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("main_first", [True, False])
+def test_sub_interpreters_record_in_python(main_first: bool) -> None:
+    """The C module keeps one interpreter's state: mod_wsgi application groups other than
+    the main one get the Python path, whichever interpreter imported wsgiwatch first."""
+    out = subprocess.run(
+        [sys.executable, "-c", _SUB_INTERPRETER.format(main_first=main_first)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
 def test_layout_is_spool_formats() -> None:
     assert speedups is not None
     expected = {

@@ -1214,6 +1214,10 @@ configure(PyObject *module, PyObject *args, PyObject *kwargs)
         "templates", "template_bytes", "proxy_wall_ns", "statuses", "status_code", "stream",
         "wrap_file", "python_call", "log_error", NULL};
     PyObject *v[20];
+    if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        PyErr_SetString(PyExc_RuntimeError, "the C path serves the main interpreter only");
+        return NULL;
+    }
     if (!PyArg_ParseTupleAndKeywords(
             args, kwargs, "O!O!OO!OO!OO!OO!OO!OOO!OOOOO:configure", names, &PyDict_Type, &v[0],
             &PyDict_Type, &v[1], &v[2], &PyDict_Type, &v[3], &v[4], &PyDict_Type, &v[5], &v[6],
@@ -1284,7 +1288,18 @@ peer_of_py(PyObject *module, PyObject *value)
     return bytes;
 }
 
+/* The module keeps its state in C globals (the caches and slow paths of one middleware
+ * module), so it serves the main interpreter only; sub-interpreters (mod_wsgi application
+ * groups) get the pure-Python path. */
+static PyObject *
+in_main_interpreter(PyObject *module, PyObject *unused)
+{
+    return PyBool_FromLong(PyInterpreterState_Get() == PyInterpreterState_Main());
+}
+
 static PyMethodDef module_methods[] = {
+    {"in_main_interpreter", in_main_interpreter, METH_NOARGS,
+     PyDoc_STR("Whether this is the main interpreter, the only one the C path serves.")},
     {"port_of", port_of_py, METH_O, PyDoc_STR("The port number the C path stores")},
     {"status_of", status_of_py, METH_O, PyDoc_STR("The status code the C path stores")},
     {"method_of", method_of_py, METH_O, PyDoc_STR("The method code the C path stores")},

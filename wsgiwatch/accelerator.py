@@ -18,7 +18,9 @@ def _load() -> ModuleType | None:
         from wsgiwatch import _speedups
     except ImportError:
         return None
-    return _speedups
+    # Its state lives in C globals: one interpreter's. Sub-interpreters (mod_wsgi
+    # application groups other than %{GLOBAL}) record in Python.
+    return _speedups if _speedups.in_main_interpreter() else None
 
 
 #: The C module, or None when WSGIWatch records in pure Python.
