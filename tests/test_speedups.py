@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+import shutil
 import struct
 import subprocess
 import sys
 import time
 import tracemalloc
+import zipfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -409,3 +411,54 @@ def test_method_as_the_python_path_stores_it(value: str) -> None:
 def test_peer_as_the_python_path_stores_it(value: str) -> None:
     assert speedups is not None
     assert speedups.peer_of(value) == peer_bytes(value)
+
+
+# --- no compiler, no accelerator: the install still works ---------------------------------
+
+_SOURCES = ("pyproject.toml", "setup.py", "README.md", "LICENSE", "wsgiwatch")
+
+
+def test_install_without_a_compiler_still_succeeds(tmp_path: Any) -> None:
+    """``pip wheel`` with a C compiler that always fails: the build goes on without the
+    extension, and the package it makes records in pure Python."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    source = tmp_path / "src"
+    source.mkdir()
+    ignore = shutil.ignore_patterns("*.so", "__pycache__")
+    for name in _SOURCES:
+        path = os.path.join(root, name)
+        if os.path.isdir(path):
+            shutil.copytree(path, source / name, ignore=ignore)
+        else:
+            shutil.copy(path, source / name)
+    wheels = tmp_path / "wheels"
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(source)],
+        env=dict(os.environ, CC="false"),  # /bin/false: every compile fails
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = wheels.iterdir()
+    installed = tmp_path / "installed"
+    with zipfile.ZipFile(wheel) as archive:
+        assert not [n for n in archive.namelist() if n.endswith(".so")]
+        archive.extractall(installed)
+    probe = (
+        "from wsgiwatch import WSGIWatch, accelerator, middleware;"
+        "assert accelerator.speedups is None;"
+        "assert WSGIWatch is middleware.PythonWSGIWatch;"
+        "print(middleware.__file__)"
+    )
+    # -S: no site-packages, and a cwd away from the project: only the wheel's files answer
+    ran = subprocess.run(
+        [sys.executable, "-S", "-c", probe],
+        env=dict(os.environ, PYTHONPATH=str(installed)),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == str(installed / "wsgiwatch" / "middleware.py")

@@ -297,7 +297,7 @@ def _notes(d: Diagnosis, snapshot: Snapshot) -> list[str]:
             f"{_plural(len(pure), 'worker')} record{'s' if len(pure) == 1 else ''} in pure "
             "Python: wsgiwatch's C accelerator "
             "is not built there (no C compiler at install time) or WSGIWATCH_PURE_PYTHON is "
-            "set. That costs about 2.7 us per request instead of 0.4; reinstall with gcc and "
+            "set. That costs about 3.3 us per request instead of 0.4; reinstall with gcc and "
             "the Python headers to get it."
         )
     if not snapshot.state.get("kernel", False):
