@@ -5,15 +5,16 @@ on and WSGIWatch uses its pure-Python path (wsgiwatch/middleware.py), which reco
 bytes, only slower.
 """
 
-import sys
+import sysconfig
 
 from setuptools import Extension, setup
 
-gil_free = bool(getattr(sys, "_is_gil_enabled", lambda: True)() is False)
+# A free-threaded build (3.13t and later): the C path relies on the GIL, so none is built.
+gil_free = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 setup(
     ext_modules=[]
-    if gil_free  # the C path relies on the GIL; free-threaded builds use the Python one
+    if gil_free
     else [
         Extension(
             "wsgiwatch._speedups",

@@ -115,6 +115,15 @@ class _Settings:
         ring_size: int = DEFAULT_RING,
         accept_events: int = DEFAULT_ACCEPTS,
     ) -> None:
+        """Wrap a WSGI app: ``application = WSGIWatch(application)``.
+
+        ``spool_dir``: where the spool files go (default ``$WSGIWATCH_DIR``, else a private
+        per-user directory in ``/dev/shm`` or the temp dir). ``capacity``: how many requests
+        one process runs at once (threads), if you want to state it; otherwise the sidecar
+        infers it. ``proxy_headers``: read ``X-Request-Start`` / ``X-Queue-Start`` from a
+        front proxy (only ever a timestamp; never stored otherwise). ``slots``,
+        ``ring_size``, ``accept_events``: the spool's geometry (docs/spool-format.md).
+        """
         if not (0 < slots < fmt.NO_SLOT and ring_size > 0 and accept_events > 0):
             raise ValueError("slots (below 65535), ring_size and accept_events must be positive")
         if capacity is not None and capacity < 1:
@@ -160,8 +169,9 @@ class _Settings:
 
 
 class PythonWSGIWatch(_Settings):
-    """WSGIWatch in pure Python: what ``WSGIWatch`` is when the C accelerator is not built
-    (or ``WSGIWATCH_PURE_PYTHON=1``). Same arguments, same records."""
+    """Records each request of the app it wraps into this process's spool (see
+    ``__init__``), in pure Python: what ``WSGIWatch`` is when the C accelerator is not built
+    (or ``WSGIWATCH_PURE_PYTHON=1``). Same arguments, same records as the C path."""
 
     __slots__ = ("_capacity", "_dir", "_geometry", "_proxy_headers", "app")
 
@@ -251,17 +261,8 @@ if TYPE_CHECKING or speedups is None:
 else:
 
     class WSGIWatch(speedups.Recorder, _Settings):
-        """Wrap a WSGI app: ``application = WSGIWatch(application)``.
-
-        ``spool_dir``: where the spool files go (default ``$WSGIWATCH_DIR``, else a private
-        per-user directory in ``/dev/shm`` or the temp dir). ``capacity``: how many requests
-        one process runs at once (threads), if you want to state it; otherwise the sidecar
-        infers it. ``proxy_headers``: read ``X-Request-Start`` / ``X-Queue-Start`` from a
-        front proxy (only ever a timestamp; never stored otherwise). ``slots``,
-        ``ring_size``, ``accept_events``: the spool's geometry (docs/spool-format.md).
-
-        Calling it is the C accelerator's ``Recorder.__call__``.
-        """
+        """Records each request of the app it wraps into this process's spool (see
+        ``__init__``). Calling it runs the C accelerator's ``Recorder.__call__``."""
 
         __slots__ = ("_capacity", "_geometry")
 

@@ -1,9 +1,9 @@
 """Creating a worker's spool file and writing into it.
 
-Everything here that runs per request is a handful of ``struct.pack_into`` calls into an
-mmap: no syscall, no lock, no allocation beyond what ``struct`` needs. Everything that can
-fail (creating the directory, reserving the file's pages) happens once, in :func:`open_spool`,
-which returns ``None`` rather than raise: the app must never notice a broken spool.
+Per request the middleware only stores into the mmap (from C, or with ``struct.pack_into``
+on the pure-Python path): no syscall. Everything that can fail (creating the directory,
+reserving the file's pages) happens once, in :func:`open_spool`, which raises ``OSError``;
+the middleware catches it and serves on: the app must never notice a broken spool.
 """
 
 from __future__ import annotations
@@ -64,8 +64,9 @@ def ensure_private_dir(path: str) -> None:
 class SpoolWriter:
     """One process's spool: scoreboard slots, the ring of finished requests, accept events.
 
-    Threads of the process share it. Ring positions come from ``itertools.count``, whose
-    ``next()`` is atomic under the GIL, so two threads never write the same entry.
+    Threads of the process share it. Ring positions come from a counter whose ``next()`` is
+    atomic under the GIL (``itertools.count``, or the accelerator's ``Counter``, which its C
+    code also reads directly), so two threads never write the same entry.
     """
 
     __slots__ = (
