@@ -994,7 +994,9 @@ recorder_call(RecorderObject *self, PyObject *args, PyObject *kwargs)
         goto failed;
     }
 #define ODD(v) ((v) != NULL && (v) != Py_None && !PyUnicode_CheckExact(v))
-    if (ODD(v_peer) || ODD(v_path) || ODD(v_script) || ODD(v_method)) {
+    int odd = ODD(v_peer) || ODD(v_path) || ODD(v_script) || ODD(v_method);
+#undef ODD
+    if (odd) {
         keys = PyObject_CallOneArg(py.odd_keys, environ);
         if (keys == NULL) {
             goto failed;
@@ -1016,7 +1018,6 @@ recorder_call(RecorderObject *self, PyObject *args, PyObject *kwargs)
         }
     }
     else {
-#undef ODD
         peer = Py_NewRef(v_peer != NULL && v_peer != Py_None && PyUnicode_GET_LENGTH(v_peer)
                              ? v_peer
                              : s_empty);
