@@ -126,6 +126,45 @@ def waitress(
     return run_server(argv, port, spool_dir, env)
 
 
+def uwsgi(
+    module: str,
+    spool_dir: str,
+    *,
+    processes: int = 1,
+    threads: int = 1,
+    env: dict[str, str] | None = None,
+    under: Sequence[str] = (),
+) -> contextlib.AbstractContextManager[Server]:
+    """uWSGI (PyPI's build) serving ``module`` (``pkg.mod:callable``) with its own HTTP
+    parser in each worker (``--http-socket``). The app is loaded in the master and the
+    workers forked from it, uWSGI's default (like gunicorn ``--preload``). ``under``: a
+    command to run it under (strace)."""
+    port = free_port()
+    argv = [
+        *under,
+        os.path.join(VENV_BIN, "uwsgi"),
+        "--http-socket",
+        f"127.0.0.1:{port}",
+        "--master",
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
+        "--virtualenv",
+        os.path.dirname(VENV_BIN),
+        "--pythonpath",
+        TESTS_DIR,
+        "--module",
+        module,
+        "--need-app",
+        "--die-on-term",  # SIGTERM stops it (uWSGI 2.0 would reload)
+        "--disable-logging",
+        "--hook-master-start",  # a worker accepts only when free, like gunicorn sync
+        "unix_signal:15 gracefully_kill_them_all",
+    ]
+    return run_server(argv, port, spool_dir, env)
+
+
 def sidecar(spool_dir: str, *extra: str) -> tuple[contextlib.AbstractContextManager[Server], int]:
     """The real ``wsgiwatch sidecar`` on a free port, polling every 0.25 s: (context, port)."""
     port = free_port()

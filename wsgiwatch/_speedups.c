@@ -142,8 +142,7 @@ static struct {
     PyObject *proxy_wall_ns;   /* environ -> int */
     PyObject *statuses;        /* dict: status line -> code */
     PyObject *status_code;     /* status line -> code, filling the cache */
-    PyObject *stream;          /* _Stream(call, result) */
-    PyObject *wrap_file;       /* _wrap_file(call, result) */
+    PyObject *wrap_other;      /* _wrap_other(call, environ, result): streams, files */
     PyObject *python_call;     /* the pure-Python __call__(watch, environ, start_response) */
     PyObject *log_error;       /* log_internal_error(exception): logs once */
 } py;
@@ -422,7 +421,7 @@ static PyTypeObject SpoolType = {
  * Call: one request. It is the start_response the app gets (calling it is a vectorcall,
  * no bound-method object), and for list and tuple responses it is also the response: a
  * list holding the app's chunks, so the server iterates and sizes it natively and calls
- * our close(). Streams and file wrappers are handled in Python (_Stream, _wrap_file).
+ * our close(). Streams and file wrappers are handled in Python (_wrap_other).
  */
 typedef struct {
     PyListObject list;
@@ -747,7 +746,7 @@ call_close(CallObject *self, PyObject *unused)
 }
 
 /* The app returned: a list or tuple becomes this object's items; anything else goes to the
- * Python side. Returns a new reference; on an internal error, the record is written and
+ * Python side (_wrap_other). Returns a new reference; on an internal error, the record is written and
  * the app's result handed back as it is. */
 static PyObject *
 call_wrap(CallObject *self, PyObject *result)
@@ -776,17 +775,8 @@ call_wrap(CallObject *self, PyObject *result)
         Py_DECREF(result);
         return Py_NewRef((PyObject *)self);
     }
-    PyObject *wrapper = PyDict_GetItemWithError(self->environ, s_FILE_WRAPPER);
-    if (wrapper == NULL && PyErr_Occurred()) {
-        goto failed;
-    }
-    PyObject *wrapped;
-    if (wrapper != NULL && PyType_Check(wrapper) && (PyObject *)kind == wrapper) {
-        wrapped = PyObject_CallFunctionObjArgs(py.wrap_file, self, result, NULL);
-    }
-    else {
-        wrapped = PyObject_CallFunctionObjArgs(py.stream, self, result, NULL);
-    }
+    PyObject *wrapped =
+        PyObject_CallFunctionObjArgs(py.wrap_other, self, self->environ, result, NULL);
     if (wrapped == NULL) {
         goto failed;
     }
@@ -1212,26 +1202,26 @@ configure(PyObject *module, PyObject *args, PyObject *kwargs)
     static char *names[] = {
         "ready", "peers", "peer_bytes", "ports", "port_number", "path_bytes",
         "route_for_path", "method_codes", "odd_keys", "accepted", "accept_sources",
-        "templates", "template_bytes", "proxy_wall_ns", "statuses", "status_code", "stream",
-        "wrap_file", "python_call", "log_error", NULL};
-    PyObject *v[20];
+        "templates", "template_bytes", "proxy_wall_ns", "statuses", "status_code",
+        "wrap_other", "python_call", "log_error", NULL};
+    PyObject *v[19];
     if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
         PyErr_SetString(PyExc_RuntimeError, "the C path serves the main interpreter only");
         return NULL;
     }
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "O!O!OO!OO!OO!OO!OO!OOO!OOOOO:configure", names, &PyDict_Type, &v[0],
+            args, kwargs, "O!O!OO!OO!OO!OO!OO!OOO!OOOO:configure", names, &PyDict_Type, &v[0],
             &PyDict_Type, &v[1], &v[2], &PyDict_Type, &v[3], &v[4], &PyDict_Type, &v[5], &v[6],
             &PyDict_Type, &v[7], &v[8], &PyDict_Type, &v[9], &v[10], &PyDict_Type, &v[11],
-            &v[12], &v[13], &PyDict_Type, &v[14], &v[15], &v[16], &v[17], &v[18], &v[19])) {
+            &v[12], &v[13], &PyDict_Type, &v[14], &v[15], &v[16], &v[17], &v[18])) {
         return NULL;
     }
-    PyObject **slots[20] = {
+    PyObject **slots[19] = {
         &py.ready, &py.peers, &py.peer_bytes, &py.ports, &py.port_number, &py.path_bytes,
         &py.route_for_path, &py.method_codes, &py.odd_keys, &py.accepted, &py.accept_sources,
         &py.templates, &py.template_bytes, &py.proxy_wall_ns, &py.statuses, &py.status_code,
-        &py.stream, &py.wrap_file, &py.python_call, &py.log_error};
-    for (int i = 0; i < 20; i++) {
+        &py.wrap_other, &py.python_call, &py.log_error};
+    for (int i = 0; i < 19; i++) {
         Py_XSETREF(*slots[i], Py_NewRef(v[i]));
     }
     Py_RETURN_NONE;

@@ -156,7 +156,7 @@ class _Settings:
         if writer is not None:
             try:
                 writer.note_server(
-                    str(environ.get("SERVER_SOFTWARE", "")),
+                    _server_software(environ),
                     bool(environ.get("wsgi.multithread")),
                     bool(environ.get("wsgi.multiprocess")),
                 )
@@ -310,6 +310,17 @@ def _sane_get(environ: Environ) -> Callable[[str], Any]:
     return clean.get
 
 
+def _server_software(environ: Environ) -> str:
+    """SERVER_SOFTWARE, or what else says which server this is (uWSGI sets none)."""
+    software = str(environ.get("SERVER_SOFTWARE") or "")
+    if not software and _UWSGI_VERSION in environ:
+        version = environ[_UWSGI_VERSION]
+        if isinstance(version, bytes):
+            version = version.decode("ascii", "replace")
+        software = f"uWSGI/{version}"
+    return software
+
+
 def _odd_request_keys(environ: Environ) -> tuple[str, int, int, bytes, bytes]:
     return _request_keys(_sane_get(environ))
 
@@ -401,10 +412,7 @@ class _Call(list[bytes]):
                 # not change because we watch it), and calls our close().
                 self.extend(result)
                 return self
-            wrapper = self.environ.get("wsgi.file_wrapper")
-            if wrapper is not None and isinstance(wrapper, type) and kind is wrapper:
-                return _wrap_file(self, result)  # type: ignore[no-any-return]
-            return _Stream(self, result)
+            return _wrap_other(self, self.environ, result)
         except Exception:
             _internal_error(self.writer)
             self.finish()
@@ -524,6 +532,24 @@ def _wrap_file(call: _Response, result: Any) -> Any:
         call.flags |= fmt.FLAG_NO_CLOSE_SEEN
         call.finish()
     return result
+
+
+def _wrap_other(call: _Response, environ: Environ, result: Iterable[bytes]) -> Iterable[bytes]:
+    """Any response but a list or tuple: a server's file wrapper is handed back as it is
+    (watched through its close()), anything else iterated through a _Stream."""
+    wrapper = environ.get("wsgi.file_wrapper")
+    if wrapper is not None:
+        if isinstance(wrapper, type):
+            if type(result) is wrapper:
+                return _wrap_file(call, result)  # type: ignore[no-any-return]
+        elif _UWSGI_VERSION in environ and (hasattr(result, "fileno") or hasattr(result, "read")):
+            # uWSGI's file_wrapper is a function that gives the file itself back, and uWSGI
+            # uses sendfile only when the app returns that very object.
+            return _wrap_file(call, result)  # type: ignore[no-any-return]
+    return _Stream(call, result)
+
+
+_UWSGI_VERSION: Final = "uwsgi.version"
 
 
 class _Stream:
@@ -682,8 +708,7 @@ def _share_with_accelerator() -> None:
         proxy_wall_ns=_proxy_wall_ns,
         statuses=_STATUS,
         status_code=_status_code,
-        stream=_Stream,
-        wrap_file=_wrap_file,
+        wrap_other=_wrap_other,
         python_call=PythonWSGIWatch.__call__,
         log_error=_log_internal_error,
     )
