@@ -126,6 +126,15 @@ def waitress(
     return run_server(argv, port, spool_dir, env)
 
 
+def cheroot(
+    app: str, spool_dir: str, *, threads: int = 1, env: dict[str, str] | None = None
+) -> contextlib.AbstractContextManager[Server]:
+    """cheroot (CherryPy's server) serving ``app`` with ``threads`` worker threads."""
+    port = free_port()
+    argv = [sys.executable, "-m", "cheroot_runner", "--port", str(port), "--threads", str(threads)]
+    return run_server([*argv, app], port, spool_dir, env)
+
+
 def uwsgi(
     module: str,
     spool_dir: str,
