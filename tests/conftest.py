@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -13,11 +13,31 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture
 def spool_dir() -> Iterator[str]:
     """A private, empty spool directory (mode 0700), removed afterwards."""
-    with tempfile.TemporaryDirectory(
-        prefix="wsgiwatch-test-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
-    ) as d:
-        os.chmod(d, 0o700)
+    from middleware_support import private_dir
+
+    with private_dir() as d:
         yield d
+
+
+@pytest.fixture
+def watch_dir(spool_dir: str) -> Iterator[str]:
+    """``spool_dir``, and this process's writer for it closed afterwards (for tests that
+    run WSGIWatch in this process)."""
+    from middleware_support import forget_spool
+
+    yield spool_dir
+    forget_spool(spool_dir)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A module's real gunicorn gthread + ``wsgiwatch sidecar`` (hol_scenario.Stack)."""
+    from hol_scenario import stack
+
+    spool = tmp_path_factory.mktemp("spool")
+    spool.chmod(0o700)
+    with stack(str(spool)) as s:
+        yield s
 
 
 @pytest.fixture(params=["c", "python"])

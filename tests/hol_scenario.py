@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from middleware_support import wait_for
 from servers import VENV_BIN, Server, gunicorn, sidecar
 
 WSGIWATCH = os.path.join(VENV_BIN, "wsgiwatch")
@@ -49,6 +50,7 @@ class Outcome:
     service_s: float  # what the app itself takes
     latency_s: float = 0.0
     peer_port: int = 0
+    started: float = 0.0  # time.monotonic() when the client began (connect)
 
 
 @dataclass
@@ -69,11 +71,8 @@ def truly_blocked(outcomes: list[Outcome]) -> list[Outcome]:
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
+    """middleware_support.wait_for, condition first (as most callers here read best)."""
+    wait_for(what or "a condition", condition, timeout)
 
 
 @contextlib.contextmanager
@@ -97,7 +96,7 @@ def stack(spool_dir: str) -> Iterator[Stack]:
 
 def get(port: int, path: str, outcome: Outcome) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
-    started = time.monotonic()
+    started = outcome.started = time.monotonic()
     conn.connect()
     assert conn.sock is not None
     outcome.peer_port = conn.sock.getsockname()[1]

@@ -9,12 +9,11 @@ import json
 import os
 import subprocess
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fake_monitor import INCIDENTS, RECENT, STATE, FakeMonitor
-from hol_scenario import WSGIWATCH, Stack, get, run_slow_then_fast, stack, truly_blocked, wait_until
+from hol_scenario import WSGIWATCH, Stack, get, run_slow_then_fast, truly_blocked, wait_until
 from hol_scenario import Outcome as Got
 from servers import free_port
 
@@ -30,14 +29,6 @@ def diagnose(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [WSGIWATCH, "diagnose", *args], capture_output=True, text=True, timeout=30
     )
-
-
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    spool = tmp_path_factory.mktemp("spool")
-    spool.chmod(0o700)
-    with stack(str(spool)) as s:
-        yield s
 
 
 def test_idle_then_healthy_then_blocking_against_real_gthread(live: Stack) -> None:

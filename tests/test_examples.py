@@ -13,12 +13,13 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 from gunicorn.config import Config as GunicornConfig
+from hol_scenario import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from servers import VENV_BIN, Server, free_port, run_server
 
@@ -126,13 +127,6 @@ def test_flask_example_with_its_sidecar(spool_dir: str) -> None:
         wait_for_metric_routes(sidecar, {"/users/<int:user_id>", "/", "/healthz", "<unmatched>"})
         status, _, _ = get(sidecar.port, "/healthz")
         assert status == 200
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def wait_for_metric_routes(sidecar: Server, routes: set[str], timeout: float = 10.0) -> None:

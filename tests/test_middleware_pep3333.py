@@ -43,7 +43,6 @@ from middleware_support import (
     all_records,
     call_app,
     environ_for,
-    forget_spool,
     http_get,
     private_dir,
     raw_exchange,
@@ -67,13 +66,6 @@ FILE_BODY = bytes(range(256)) * 700  # 179200 bytes: more than one socket buffer
 
 
 # --- fixtures ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def watch_dir(spool_dir: str) -> Iterator[str]:
-    """A fresh spool dir; this process's writer for it is closed afterwards."""
-    yield spool_dir
-    forget_spool(spool_dir)
 
 
 @pytest.fixture

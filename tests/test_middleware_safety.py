@@ -12,7 +12,6 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -38,13 +37,6 @@ INTERNAL = "internal error while recording"
 
 # Every test here runs against the C path and the pure-Python one.
 pytestmark = pytest.mark.usefixtures("implementation")
-
-
-@pytest.fixture
-def watch_dir(spool_dir: str) -> Iterator[str]:
-    """A fresh spool dir; this process's writer for it is closed afterwards."""
-    yield spool_dir
-    forget_spool(spool_dir)
 
 
 @pytest.fixture

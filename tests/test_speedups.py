@@ -18,7 +18,6 @@ import sys
 import time
 import tracemalloc
 import zipfile
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -32,12 +31,6 @@ from wsgiwatch.routes import peer_bytes
 from wsgiwatch.spool import Record
 
 speedups = accelerator.speedups
-
-
-@pytest.fixture
-def watch_dir(spool_dir: str) -> Iterator[str]:
-    yield spool_dir
-    forget_spool(spool_dir)
 
 
 def test_the_accelerator_is_built_and_in_use() -> None:

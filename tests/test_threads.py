@@ -14,7 +14,6 @@ import mmap
 import os
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -145,16 +144,6 @@ def check_record(
     assert who.before_ns <= r["entry_ns"] <= r["headers_ns"] <= r["exit_ns"] <= who.after_ns, r
 
 
-@pytest.fixture
-def own_spool(spool_dir: str) -> Iterator[str]:
-    """``spool_dir``, and this process's writer for it closed afterwards."""
-    yield spool_dir
-    middleware._ready.pop(spool_dir, None)
-    writer = process_spool._writers.pop(spool_dir, None)
-    if writer is not None:
-        writer.close()
-
-
 # The tests that call WSGIWatch run against the C path and the pure-Python one.
 pytestmark = pytest.mark.usefixtures("implementation")
 
@@ -165,9 +154,9 @@ def the_spool(directory: str) -> str:
     return path
 
 
-def test_sixteen_threads_every_request_recorded_exactly_once(own_spool: str) -> None:
+def test_sixteen_threads_every_request_recorded_exactly_once(watch_dir: str) -> None:
     per_thread = 250  # 4000 requests, in a ring of 8192: nothing may be lost
-    app = WSGIWatch(token_app, spool_dir=own_spool, ring_size=8192, slots=32)
+    app = WSGIWatch(token_app, spool_dir=watch_dir, ring_size=8192, slots=32)
     got: list[Record] = []
     lost = torn = 0
     stop = threading.Event()
@@ -187,7 +176,7 @@ def test_sixteen_threads_every_request_recorded_exactly_once(own_spool: str) -> 
             reader_errors.append(exc)
 
     call(app, 0, 10_000, threading.get_native_id())  # opens the spool (a token of its own)
-    with SpoolReader(the_spool(own_spool), track=False) as reader:
+    with SpoolReader(the_spool(watch_dir), track=False) as reader:
         follower = threading.Thread(target=follow, args=(reader,))
         follower.start()
         try:
@@ -218,13 +207,13 @@ def test_sixteen_threads_every_request_recorded_exactly_once(own_spool: str) -> 
         check_record(record, sent, check_tid=False)
 
 
-def test_reader_in_another_process_lapped_by_sixteen_threads(own_spool: str) -> None:
+def test_reader_in_another_process_lapped_by_sixteen_threads(watch_dir: str) -> None:
     per_thread = 600  # 9600 requests through a 64-record ring: the reader will be lapped
-    app = WSGIWatch(token_app, spool_dir=own_spool, ring_size=64, slots=32)
+    app = WSGIWatch(token_app, spool_dir=watch_dir, ring_size=64, slots=32)
     call(app, 0, 10_000, threading.get_native_id())
-    with Follower(the_spool(own_spool), poll_ms=2.0) as follower:
+    with Follower(the_spool(watch_dir), poll_ms=2.0) as follower:
         sent = run_writers(app, per_thread)
-        with SpoolReader(the_spool(own_spool), track=False) as reader:
+        with SpoolReader(the_spool(watch_dir), track=False) as reader:
             head = reader.header().ring_head
         report = follower.finish(head)
 
@@ -242,11 +231,11 @@ def test_reader_in_another_process_lapped_by_sixteen_threads(own_spool: str) -> 
         check_record(record, sent, check_tid=False)
 
 
-def test_record_tid_is_the_callers_after_a_thread_ident_is_reused(own_spool: str) -> None:
+def test_record_tid_is_the_callers_after_a_thread_ident_is_reused(watch_dir: str) -> None:
     """Servers that start a thread per request (werkzeug's threaded server, socketserver's
     ThreadingMixIn) end threads all the time, and CPython hands a new thread the ident
     (pthread_t) of one that ended; the kernel gives it a new native id."""
-    app = WSGIWatch(token_app, spool_dir=own_spool)
+    app = WSGIWatch(token_app, spool_dir=watch_dir)
     sent: dict[str, Sent] = {}
     idents: list[int] = []
 
@@ -260,7 +249,7 @@ def test_record_tid_is_the_callers_after_a_thread_ident_is_reused(own_spool: str
         t.join(10)
     assert len(set(idents)) < len(idents), f"no ident reused ({idents}): nothing was checked"
     assert len({s.tid for s in sent.values()}) == len(sent)
-    with SpoolReader(the_spool(own_spool), track=False) as reader:
+    with SpoolReader(the_spool(watch_dir), track=False) as reader:
         records = reader.read_records().records
     assert len(records) == len(sent)
     for record in records:
@@ -296,15 +285,15 @@ class PausingMmap(mmap.mmap):
             self.release.wait(10)
 
 
-def test_writer_lapped_in_mid_write_never_publishes_a_mixed_record(own_spool: str) -> None:
+def test_writer_lapped_in_mid_write_never_publishes_a_mixed_record(watch_dir: str) -> None:
     """The pure-Python ring write, as it runs without the accelerator: a thread paused
     between claiming an entry and stamping it holds the others back. (The C write cannot
     be paused: it holds the GIL from claim to stamp.)"""
     ring = 8
-    app = middleware.PythonWSGIWatch(token_app, spool_dir=own_spool, ring_size=ring, slots=4)
+    app = middleware.PythonWSGIWatch(token_app, spool_dir=watch_dir, ring_size=ring, slots=4)
     tid = threading.get_native_id()
     sent = {f"/t/b/{letters(0)}": call(app, 1, 0, tid)}  # seq 0; opens the spool
-    writer = process_spool.writer_for(own_spool)
+    writer = process_spool.writer_for(watch_dir)
     assert writer is not None
     fd = os.open(writer.path, os.O_RDWR)
     try:
@@ -322,7 +311,7 @@ def test_writer_lapped_in_mid_write_never_publishes_a_mixed_record(own_spool: st
         sent["/t/c/b"] = call(app, 2, 1, threading.get_native_id())
 
     try:
-        with SpoolReader(the_spool(own_spool), track=False) as reader:
+        with SpoolReader(the_spool(watch_dir), track=False) as reader:
             assert len(reader.read_records().records) == 1  # the reader now waits for seq 1
             thread = threading.Thread(target=paused_request)
             thread.start()  # claims seq 1, writes its body, stops before the stamp

@@ -10,12 +10,10 @@ import re
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from fake_monitor import RECENT, FakeMonitor
-from hol_scenario import WSGIWATCH, Stack, run_slow_then_fast, stack, truly_blocked
+from hol_scenario import WSGIWATCH, Stack, run_slow_then_fast, truly_blocked
 from png_pixels import near, pixels
 from servers import free_port
 
@@ -58,14 +56,6 @@ def screenshot(page: Path, out: Path, profile: Path) -> bytes:
             proc.communicate(timeout=10)
     assert proc.returncode == 0 and out.exists(), err.decode(errors="replace")[-2000:]
     return out.read_bytes()
-
-
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    spool = tmp_path_factory.mktemp("spool")
-    spool.chmod(0o700)
-    with stack(str(spool)) as s:
-        yield s
 
 
 def test_real_stall_rendered_in_chromium_links_victims_to_blockers(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from fake_monitor import STATE
-from hol_scenario import WSGIWATCH, Stack, stack, start_slow_then_fast, truly_blocked, wait_until
+from hol_scenario import WSGIWATCH, Stack, start_slow_then_fast, truly_blocked, wait_until
 from servers import free_port
 
 from wsgiwatch.sidecar_client import Metrics
@@ -78,14 +78,6 @@ def tmux(tmp_path: Path) -> Iterator[Tmux]:
         yield t
     finally:
         t.close()
-
-
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    spool = tmp_path_factory.mktemp("spool")
-    spool.chmod(0o700)
-    with stack(str(spool)) as s:
-        yield s
 
 
 def _running_s(screen: str) -> float:

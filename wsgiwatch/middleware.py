@@ -538,14 +538,14 @@ def _wrap_other(call: _Response, environ: Environ, result: Iterable[bytes]) -> I
     """Any response but a list or tuple: a server's file wrapper is handed back as it is
     (watched through its close()), anything else iterated through a _Stream."""
     wrapper = environ.get("wsgi.file_wrapper")
-    if wrapper is not None:
-        if isinstance(wrapper, type):
-            if type(result) is wrapper:
-                return _wrap_file(call, result)  # type: ignore[no-any-return]
-        elif _UWSGI_VERSION in environ and (hasattr(result, "fileno") or hasattr(result, "read")):
-            # uWSGI's file_wrapper is a function that gives the file itself back, and uWSGI
-            # uses sendfile only when the app returns that very object.
-            return _wrap_file(call, result)  # type: ignore[no-any-return]
+    if wrapper is not None and (
+        type(result) is wrapper
+        if isinstance(wrapper, type)
+        # A file_wrapper that is a function (uWSGI's) gives the file itself back, and the
+        # server sends it with sendfile only when the app returns that very object.
+        else hasattr(result, "fileno") or hasattr(result, "read")
+    ):
+        return _wrap_file(call, result)  # type: ignore[no-any-return]
     return _Stream(call, result)
 
 

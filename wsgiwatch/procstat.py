@@ -21,6 +21,17 @@ def parse_start_ticks(stat_line: str) -> int:
     return int(fields[19])
 
 
+def pid_exists(pid: int) -> bool:
+    """Whether a process ``pid`` exists (ours or another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, it is just not ours to signal
+        return True
+    return True
+
+
 def process_start_ticks(pid: int, procfs_root: str = "/proc") -> int | None:
     """Start ticks of ``pid``, or None when it is gone or procfs is not there (not Linux)."""
     try:

@@ -31,6 +31,7 @@ from typing import Any
 
 import structlog
 
+from wsgiwatch.procstat import pid_exists
 from wsgiwatch.sidecar.cli_sidecar import (
     ConfigError,
     SidecarSettings,
@@ -68,16 +69,6 @@ def exit_status(returncode: int) -> int:
     return returncode if returncode >= 0 else 128 - returncode
 
 
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_abandoned_run_dirs(base: str) -> int:
     """Remove ``run-<pid>-*`` directories in ``base`` whose ``run`` process is gone."""
     removed = 0
@@ -91,7 +82,7 @@ def remove_abandoned_run_dirs(base: str) -> int:
             continue
         pid = int(match.group(1))
         # A recycled pid keeps a directory until that process is gone too: harmless.
-        if pid == os.getpid() or _pid_exists(pid):
+        if pid == os.getpid() or pid_exists(pid):
             continue
         shutil.rmtree(os.path.join(base, name), ignore_errors=True)
         removed += 1

@@ -170,27 +170,16 @@ class SpoolWriter:
         listener_fd: int,
         peer: bytes,
     ) -> None:
-        with self.lock:
-            self._write_accept(accept_ns, arrival_ns, peer_port, server_port, listener_fd, peer)
-
-    def _write_accept(
-        self,
-        accept_ns: int,
-        arrival_ns: int,
-        peer_port: int,
-        server_port: int,
-        listener_fd: int,
-        peer: bytes,
-    ) -> None:
-        seq = next(self._accept_seq)
-        off = self.accept_base + (seq % self.accept_capacity) * fmt.ACCEPT_SIZE
         mm = self.mm
-        mm[off + fmt.ACCEPT_SEQ_OFFSET : off + fmt.ACCEPT_SIZE] = _INVALID_STAMP
-        fmt.ACCEPT_BODY.pack_into(
-            mm, off, accept_ns, arrival_ns, peer_port, server_port, listener_fd, peer
-        )
-        fmt.U64.pack_into(mm, off + fmt.ACCEPT_SEQ_OFFSET, seq + 1)  # + 1: zero = never written
-        fmt.U64.pack_into(mm, fmt.OFF_ACCEPT_HEAD, seq + 1)
+        with self.lock:  # from claim to publish, as for ring records
+            seq = next(self._accept_seq)
+            off = self.accept_base + (seq % self.accept_capacity) * fmt.ACCEPT_SIZE
+            mm[off + fmt.ACCEPT_SEQ_OFFSET : off + fmt.ACCEPT_SIZE] = _INVALID_STAMP
+            fmt.ACCEPT_BODY.pack_into(
+                mm, off, accept_ns, arrival_ns, peer_port, server_port, listener_fd, peer
+            )
+            fmt.U64.pack_into(mm, off + fmt.ACCEPT_SEQ_OFFSET, seq + 1)  # + 1: zero = unwritten
+            fmt.U64.pack_into(mm, fmt.OFF_ACCEPT_HEAD, seq + 1)
 
     # -- header ----------------------------------------------------------------------------
     def bump(self, offset: int) -> None:

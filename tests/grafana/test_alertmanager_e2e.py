@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hol_scenario import BLOCKED_IF_LATE_S, FAST_COUNT, SLOW, Outcome, get, stack, wait_until
+from hol_scenario import BLOCKED_IF_LATE_S, Outcome, stack, start_slow_then_fast, wait_until
 from prom import Prometheus, prometheus
 from servers import free_port
 
@@ -165,45 +165,13 @@ def alertmanager(workdir: Path, receiver_url: str) -> Iterator[str]:
             proc.stderr.close()
 
 
-@dataclass
-class Sent:
-    outcome: Outcome
-    at: float = 0.0  # time.monotonic() when the request was started
+def slow_then_fast(port: int) -> list[Outcome]:
+    """hol_scenario's load, returning when all its requests have finished."""
+    return start_slow_then_fast(port).join()
 
 
-def slow_then_fast(port: int) -> list[Sent]:
-    """hol_scenario's load (two slow requests, then fast ones on fresh connections), keeping
-    the moment each request was sent; returns when all have finished."""
-    sent: list[Sent] = []
-    threads = []
-
-    def launch(path: str, service_s: float) -> None:
-        s = Sent(Outcome(path, service_s))
-        sent.append(s)
-
-        def run() -> None:
-            s.at = time.monotonic()
-            get(port, path, s.outcome)
-
-        t = threading.Thread(target=run, daemon=True)
-        threads.append(t)
-        t.start()
-
-    for path, seconds in SLOW:
-        launch(path, seconds)
-        time.sleep(0.05)
-    time.sleep(0.1)
-    for _ in range(FAST_COUNT):
-        launch("/fast", 0.0)
-        time.sleep(0.02)
-    for t in threads:
-        t.join(15)
-    assert all(s.outcome.latency_s for s in sent), "a request did not finish"
-    return sent
-
-
-def blocked(sent: list[Sent]) -> list[Sent]:
-    return [s for s in sent if s.outcome.latency_s - s.outcome.service_s > BLOCKED_IF_LATE_S]
+def blocked(outcomes: list[Outcome]) -> list[Outcome]:
+    return [o for o in outcomes if o.latency_s - o.service_s > BLOCKED_IF_LATE_S]
 
 
 def alert_state(prom: Prometheus) -> str:
@@ -260,7 +228,7 @@ def test_blocking_alert_reaches_the_webhook_then_resolves(spool_dir: str, tmp_pa
         )
 
         # Second run: measured. Prometheus is watched while the requests run.
-        runs: list[list[Sent]] = []
+        runs: list[list[Outcome]] = []
         load = threading.Thread(target=lambda: runs.append(slow_then_fast(s.server.port)))
         load.start()
         firing_seen: list[float] = []
@@ -276,7 +244,7 @@ def test_blocking_alert_reaches_the_webhook_then_resolves(spool_dir: str, tmp_pa
         [sent] = runs
         victims = blocked(sent)
         assert victims, "the second run blocked nothing"
-        stall_start = min(v.at for v in victims)
+        stall_start = min(v.started for v in victims)
         fired = hook.wait_for(
             lambda n: n.payload["status"] == "firing" and bool(n.alerts(ALERT)),
             after=stall_start,
@@ -293,7 +261,7 @@ def test_blocking_alert_reaches_the_webhook_then_resolves(spool_dir: str, tmp_pa
             after=fired.received,
             timeout=40,
         )
-        last_victim_done = max(v.at + v.outcome.latency_s for v in victims)
+        last_victim_done = max(v.started + v.latency_s for v in victims)
         print(
             f"\nstall start -> webhook FIRING: {fired.received - stall_start:.2f} s"
             f" (victims all answered after {last_victim_done - stall_start:.2f} s;"

@@ -20,19 +20,19 @@ import contextlib
 import http.client
 import json
 import math
-import os
 import re
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from hol_scenario import wait_until
+from middleware_support import private_dir
 from prom import Prometheus, prometheus
 from servers import gunicorn, sidecar
 
@@ -181,27 +181,10 @@ def metric_total(sidecar_port: int, name: str) -> float:
     )
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.2)
-
-
-@contextlib.contextmanager
-def _spool_dir() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(
-        prefix="wsgiwatch-test-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
-    ) as d:
-        os.chmod(d, 0o700)
-        yield d
-
-
 @pytest.fixture(scope="module")
 def scenario() -> Iterator[Scenario]:
     with contextlib.ExitStack() as stack:
-        spool = stack.enter_context(_spool_dir())
+        spool = stack.enter_context(private_dir())
         server = stack.enter_context(
             gunicorn(
                 "apps.basic:application",
@@ -218,7 +201,7 @@ def scenario() -> Iterator[Scenario]:
         prom = stack.enter_context(prometheus([instance]))
         start = time.time()
         prom.wait_for("up", lambda v: v == 1)
-        wait_until(lambda: metric_total(side_port, "wsgiwatch_workers") == 2, "two workers")
+        wait_until(lambda: metric_total(side_port, "wsgiwatch_workers") == 2, 15, "two workers")
 
         # Fast requests first, so the request series exist before anything blocks.
         for _ in range(WARM_UP):
@@ -236,6 +219,7 @@ def scenario() -> Iterator[Scenario]:
             requests += len(SLOW) + FAST_COUNT
             wait_until(
                 lambda n=requests: metric_total(side_port, "wsgiwatch_requests_total") >= n,
+                15,
                 "the sidecar counted every request",
             )
             history.append(metric_total(side_port, blocked))

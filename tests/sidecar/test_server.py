@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import structlog
 from fake_monitor import INCIDENTS, RECENT, STATE, FakeMonitor
+from hol_scenario import wait_until
 
 from wsgiwatch.sidecar.poll_loop import STALE_AFTER_INTERVALS, PollLoop, next_deadline
 from wsgiwatch.sidecar.server import SidecarServer, serve
@@ -57,14 +58,6 @@ def request(
         return Reply(response.status, response.headers, response.read())
     finally:
         conn.close()
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.01)
 
 
 @pytest.fixture

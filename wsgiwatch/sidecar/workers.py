@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 
 from wsgiwatch.errors import SpoolFormatError, SpoolNotReady
-from wsgiwatch.procstat import process_start_ticks
+from wsgiwatch.procstat import pid_exists, process_start_ticks
 from wsgiwatch.sidecar.detect import Run
 from wsgiwatch.spool import SlotState, SpoolHeader, SpoolReader, list_spools
 
@@ -81,13 +81,7 @@ class WorkerRegistry:
     def _alive(self, pid: int, start_ticks: int) -> bool:
         if start_ticks:
             return process_start_ticks(pid, self.procfs_root) == start_ticks
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid_exists(pid)
 
     def _free_index(self) -> int:
         used = {w.index for w in self.workers.values()}
