@@ -1,7 +1,7 @@
 """The optional C accelerator of the middleware's per-request path.
 
 Everything else is in pyproject.toml. ``optional=True``: without a compiler the build goes
-on and WSGIWatch uses its pure-Python path (wsgiwatch/middleware.py), which records the same
+on and WSGIWatch uses its pure-Python path (wsgiwatch/worker/middleware.py), which records the same
 bytes, only slower.
 """
 
@@ -17,8 +17,8 @@ setup(
     if gil_free
     else [
         Extension(
-            "wsgiwatch._speedups",
-            ["wsgiwatch/_speedups.c"],
+            "wsgiwatch.worker._speedups",
+            ["wsgiwatch/worker/_speedups.c"],
             optional=True,
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         )

@@ -1,4 +1,4 @@
-"""Micro-benchmark of wsgiwatch.arrival: nanoseconds per call for each accepted form.
+"""Micro-benchmark of wsgiwatch.worker.arrival: nanoseconds per call for each accepted form.
 
 Run: ``.venv/bin/python benchmarks/arrival_parse.py``. Each parse should cost about 1 us or
 less on CPython 3.11 (it runs once or twice per request in the middleware).
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wsgiwatch.arrival import (
+from wsgiwatch.worker.arrival import (
     best_mod_wsgi_times,
     parse_mod_wsgi_time,
     parse_proxy_header,

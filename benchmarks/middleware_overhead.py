@@ -172,7 +172,7 @@ def wsgiwatch_app(spool_dir: str) -> App:
 
 def python_wsgiwatch_app(spool_dir: str) -> App:
     """The pure-Python path: what runs where the C accelerator could not be built."""
-    from wsgiwatch.middleware import PythonWSGIWatch
+    from wsgiwatch.worker.middleware import PythonWSGIWatch
 
     return PythonWSGIWatch(hello_app, spool_dir=spool_dir)
 
@@ -287,7 +287,7 @@ TARGET_OTEL_RATIO = 20  # ... and at least 20x below OpenTelemetry's
 
 
 def print_header() -> None:
-    from wsgiwatch.accelerator import speedups
+    from wsgiwatch.worker.accelerator import speedups
 
     if speedups is None:
         print("NOTE: the C accelerator is not in use: both WSGIWatch rows are pure Python")

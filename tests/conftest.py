@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture
 def spool_dir() -> Iterator[str]:
     """A private, empty spool directory (mode 0700), removed afterwards."""
-    from middleware_support import private_dir
+    from support.middleware_support import private_dir
 
     with private_dir() as d:
         yield d
@@ -23,7 +23,7 @@ def spool_dir() -> Iterator[str]:
 def watch_dir(spool_dir: str) -> Iterator[str]:
     """``spool_dir``, and this process's writer for it closed afterwards (for tests that
     run WSGIWatch in this process)."""
-    from middleware_support import forget_spool
+    from support.middleware_support import forget_spool
 
     yield spool_dir
     forget_spool(spool_dir)
@@ -32,7 +32,7 @@ def watch_dir(spool_dir: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A module's real gunicorn gthread + ``wsgiwatch sidecar`` (hol_scenario.Stack)."""
-    from hol_scenario import stack
+    from support.hol_scenario import stack
 
     spool = tmp_path_factory.mktemp("spool")
     spool.chmod(0o700)
@@ -45,11 +45,11 @@ def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
     """Run the test against both implementations of WSGIWatch: the C accelerator's (what
     users get) and the pure-Python one (what runs without a compiler). The test module's
     ``WSGIWatch`` is swapped for the one under test."""
-    from wsgiwatch import accelerator, middleware
+    from wsgiwatch.worker import accelerator, middleware
 
     if request.param == "c":
         # CI builds the accelerator: its absence is a failure there, never a quiet skip.
-        assert accelerator.speedups is not None, "wsgiwatch._speedups is not built"
+        assert accelerator.speedups is not None, "wsgiwatch.worker._speedups is not built"
         cls: type = middleware.WSGIWatch
     else:
         cls = middleware.PythonWSGIWatch

@@ -6,7 +6,7 @@ serves Prometheus metrics on head-of-line blocking.
 """
 
 from wsgiwatch.errors import SpoolFormatError, WsgiwatchError
-from wsgiwatch.middleware import ROUTE_KEY, WSGIWatch
+from wsgiwatch.worker.middleware import ROUTE_KEY, WSGIWatch
 
 __all__ = ["ROUTE_KEY", "SpoolFormatError", "WSGIWatch", "WsgiwatchError", "__version__"]
 __version__ = "0.1.0.dev0"

@@ -5,14 +5,14 @@
 
 turns on the accept hook in every worker (sync and gthread workers), and opens each worker's
 spool as soon as it starts, so the sidecar sees idle workers too. If you already have a
-``post_worker_init``, call :func:`wsgiwatch.accept_hook.install_gunicorn` from it.
+``post_worker_init``, call :func:`wsgiwatch.worker.accept_hook.install_gunicorn` from it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from wsgiwatch.accept_hook import install_gunicorn
+from wsgiwatch.worker.accept_hook import install_gunicorn
 
 __all__ = ["post_worker_init"]
 

@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any
 
-from wsgiwatch.spool import SpoolReader
+from wsgiwatch.spool.reader import SpoolReader
 
 
 def main() -> None:

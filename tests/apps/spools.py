@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from wsgiwatch.errors import SpoolFormatError
-from wsgiwatch.spool import Record, SpoolReader, list_spools
+from wsgiwatch.spool.reader import Record, SpoolReader, list_spools
 
 
 def wait_for_spool(directory: str, timeout: float = 10.0) -> str:

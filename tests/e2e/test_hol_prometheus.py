@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from prom import prometheus
-from servers import Server, cheroot, gunicorn, waitress
-from servers import sidecar as start_sidecar
+from support.prom import prometheus
+from support.servers import Server, cheroot, gunicorn, waitress
+from support.servers import sidecar as start_sidecar
 
 SLOW_S = 1.5
 FAST_COUNT = 6

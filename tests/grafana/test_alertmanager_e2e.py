@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hol_scenario import BLOCKED_IF_LATE_S, Outcome, stack, start_slow_then_fast, wait_until
-from prom import Prometheus, prometheus
-from servers import free_port
+from support.hol_scenario import BLOCKED_IF_LATE_S, Outcome, stack, start_slow_then_fast, wait_until
+from support.prom import Prometheus, prometheus
+from support.servers import free_port
 
+from wsgiwatch.cli.process_group import stop_group
 from wsgiwatch.grafana import artifacts, prometheus_rules
 from wsgiwatch.grafana.definitions import RECORDINGS_BY_KEY, Settings, record_name
-from wsgiwatch.process_group import stop_group
 
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
 ALERT = "WsgiwatchHeadOfLineBlocking"

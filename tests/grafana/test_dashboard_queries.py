@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from hol_scenario import wait_until
-from middleware_support import private_dir
-from prom import Prometheus, prometheus
-from servers import gunicorn, sidecar
+from support.hol_scenario import wait_until
+from support.middleware_support import private_dir
+from support.prom import Prometheus, prometheus
+from support.servers import gunicorn, sidecar
 
 from wsgiwatch.grafana.dashboards import build_all
 

@@ -6,9 +6,9 @@ import http.client
 from dataclasses import dataclass
 
 from apps.spools import collect, wait_for_spool
-from servers import Server
+from support.servers import Server
 
-from wsgiwatch.spool import Record, SpoolReader
+from wsgiwatch.spool.reader import Record, SpoolReader
 
 
 @dataclass(frozen=True)

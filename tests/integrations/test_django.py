@@ -6,12 +6,12 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from servers import gunicorn
+from support.servers import gunicorn
 
 from wsgiwatch import ROUTE_KEY
-from wsgiwatch import spool_format as fmt
 from wsgiwatch.integrations import UNMATCHED
 from wsgiwatch.integrations.django import RouteMiddleware, django_route
+from wsgiwatch.spool import layout as fmt
 
 from .served import serve_all
 

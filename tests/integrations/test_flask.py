@@ -8,13 +8,13 @@ import uuid
 import pytest
 from apps.spools import collect, wait_for_spool
 from flask import Flask
-from servers import gunicorn
+from support.servers import gunicorn
 
 from wsgiwatch import ROUTE_KEY, WSGIWatch
-from wsgiwatch import spool_format as fmt
 from wsgiwatch.integrations import UNMATCHED
 from wsgiwatch.integrations.flask import EXTENSION_KEY, WSGIWatchFlask
-from wsgiwatch.spool import SpoolReader
+from wsgiwatch.spool import layout as fmt
+from wsgiwatch.spool.reader import SpoolReader
 
 from .served import serve_all
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sidecar_support import MS, S, snapshot, tcp
+from support.sidecar_support import MS, S, snapshot, tcp
 
 from wsgiwatch.sidecar.connections import classify, find_listeners, is_waiting, listener_label
 

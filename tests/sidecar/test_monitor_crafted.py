@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 import structlog
-from sidecar_support import (
+from support.sidecar_support import (
     FAKE_PID_BASE,
     FAKE_PPID,
     MS,
@@ -30,9 +30,9 @@ from sidecar_support import (
     value,
 )
 
-from wsgiwatch import spool_format as fmt
 from wsgiwatch.sidecar.monitor import Monitor
-from wsgiwatch.spool_writer import SpoolWriter
+from wsgiwatch.spool import layout as fmt
+from wsgiwatch.spool.writer import SpoolWriter
 
 W1, W2, W3 = FAKE_PID_BASE + 11, FAKE_PID_BASE + 12, FAKE_PID_BASE + 13
 HOOK = fmt.SOURCE_HOOK

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import structlog
-from fake_monitor import INCIDENTS, RECENT, STATE, FakeMonitor
-from hol_scenario import wait_until
+from support.fake_monitor import INCIDENTS, RECENT, STATE, FakeMonitor
+from support.hol_scenario import wait_until
 
 from wsgiwatch.sidecar.poll_loop import STALE_AFTER_INTERVALS, PollLoop, next_deadline
 from wsgiwatch.sidecar.server import SidecarServer, serve

@@ -10,11 +10,11 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from sidecar_support import FAKE_PID_BASE, FakeProc, make_spool
+from support.sidecar_support import FAKE_PID_BASE, FakeProc, make_spool
 
-from wsgiwatch import spool_format as fmt
-from wsgiwatch.procstat import process_start_ticks
+from wsgiwatch.kernel.procstat import process_start_ticks
 from wsgiwatch.sidecar.workers import WorkerRegistry
+from wsgiwatch.spool import layout as fmt
 
 P1, P2, P3, P4, P5 = (FAKE_PID_BASE + n for n in range(1, 6))
 
@@ -106,7 +106,7 @@ def test_files_that_are_not_spools_are_ignored(
 # --- liveness -------------------------------------------------------------------------------
 def test_a_real_worker_process_is_alive_then_dead_then_retired(spool_dir: str) -> None:
     code = (
-        "import sys; from wsgiwatch.spool_writer import open_spool; "
+        "import sys; from wsgiwatch.spool.writer import open_spool; "
         "w = open_spool(sys.argv[1], slot_count=2, ring_capacity=4, accept_capacity=2); "
         "print(w.path, flush=True); sys.stdin.read()"
     )

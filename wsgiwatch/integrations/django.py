@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
 from wsgiwatch.integrations import UNMATCHED, mounted
-from wsgiwatch.middleware import ROUTE_KEY
+from wsgiwatch.worker.middleware import ROUTE_KEY
 
 __all__ = ["RouteMiddleware", "django_route"]
 

@@ -25,7 +25,7 @@ from typing import Any
 from flask import Flask, request
 
 from wsgiwatch.integrations import UNMATCHED, mounted
-from wsgiwatch.middleware import ROUTE_KEY, WSGIWatch
+from wsgiwatch.worker.middleware import ROUTE_KEY, WSGIWatch
 
 __all__ = ["EXTENSION_KEY", "WSGIWatchFlask"]
 

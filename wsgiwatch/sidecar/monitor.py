@@ -19,7 +19,6 @@ import psutil
 import structlog
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
-from wsgiwatch import spool_format as fmt
 from wsgiwatch.kernel import KernelError, KernelObserver, KernelSnapshot, UnixSocket
 from wsgiwatch.kernel import supported as kernel_supported
 from wsgiwatch.sidecar import accumulate as acc
@@ -33,7 +32,8 @@ from wsgiwatch.sidecar.connections import (
 )
 from wsgiwatch.sidecar.detect import Run, blockers, had_free_slot, time_at_capacity
 from wsgiwatch.sidecar.workers import Worker, WorkerRegistry
-from wsgiwatch.spool import Record
+from wsgiwatch.spool import layout as fmt
+from wsgiwatch.spool.reader import Record
 
 log = structlog.get_logger("wsgiwatch.sidecar")
 stdlog = logging.getLogger("wsgiwatch.sidecar")

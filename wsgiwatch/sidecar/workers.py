@@ -14,9 +14,9 @@ import os
 from dataclasses import dataclass, field
 
 from wsgiwatch.errors import SpoolFormatError, SpoolNotReady
-from wsgiwatch.procstat import pid_exists, process_start_ticks
+from wsgiwatch.kernel.procstat import pid_exists, process_start_ticks
 from wsgiwatch.sidecar.detect import Run
-from wsgiwatch.spool import SlotState, SpoolHeader, SpoolReader, list_spools
+from wsgiwatch.spool.reader import SlotState, SpoolHeader, SpoolReader, list_spools
 
 logger = logging.getLogger("wsgiwatch.sidecar")
 

@@ -1,0 +1,5 @@
+import sys
+
+from wsgiwatch.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,198 @@
+"""The opt-in accept hook: the exact time each connection was accepted, for servers that
+accept in Python (gunicorn sync and gthread, waitress).
+
+Nothing here runs unless you ask for it, by one explicit call:
+
+- gunicorn: in ``gunicorn.conf.py``, ``from wsgiwatch.gunicorn_config import post_worker_init``
+  (or call :func:`install_gunicorn` from your own ``post_worker_init``);
+- waitress: ``wsgiwatch.worker.accept_hook.serve_waitress(app, ...)`` instead of ``waitress.serve``.
+
+Per accepted connection it reads the clock and ``TCP_INFO`` (one ``getsockopt``, about a
+microsecond): ``tcpi_last_data_recv`` then says how long the request's bytes had already
+waited in the kernel, which gives the arrival time. It records the accept in the spool's
+accept ring, so the sidecar sees "accepted, not started yet" while it happens, and in
+:data:`ACCEPTED`, where the middleware finds it when the request starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from wsgiwatch.spool import layout as fmt
+from wsgiwatch.worker.process_spool import resolve_dir, writer_for
+from wsgiwatch.worker.routes import peer_bytes
+
+logger = logging.getLogger("wsgiwatch")
+
+#: (peer address, peer port) -> [accept_ns, arrival_ns or 0, requests served so far,
+#: when the server found the next request complete or 0]. Written by the hook, read by the
+#: middleware; a new connection from the same address and port replaces the old entry, which
+#: is why a stale entry can never be matched.
+ACCEPTED: dict[tuple[str, int], list[int]] = {}
+ACCEPTED_LIMIT: Final = 8192
+
+_TCP_INFO = getattr(socket, "TCP_INFO", 11 if sys.platform.startswith("linux") else None)
+# struct tcp_info: tcpi_last_data_recv (u32) at byte 52, tcpi_bytes_received (u64) at 128.
+_TCP_INFO_LEN: Final = 136
+_LAST_DATA_RECV = struct.Struct("<I")
+_BYTES_RECEIVED = struct.Struct("<Q")
+
+AcceptFn = Callable[[], tuple[socket.socket, Any]]
+
+
+def arrival_from_tcp_info(info: bytes, now_ns: int) -> int:
+    """Arrival of the bytes already received on an accepted socket, or 0 when none came yet
+    (then the request arrives after the accept, and the accept time bounds the wait)."""
+    if len(info) < _TCP_INFO_LEN:
+        return 0
+    if _BYTES_RECEIVED.unpack_from(info, 128)[0] == 0:
+        return 0
+    last_recv_ms: int = _LAST_DATA_RECV.unpack_from(info, 52)[0]
+    return now_ns - last_recv_ms * 1_000_000
+
+
+def record_accept(sock: socket.socket, addr: Any, spool_dir: str) -> None:
+    """Note one accepted connection. Never raises: the server must go on accepting."""
+    try:
+        now = time.monotonic_ns()
+        arrival = 0
+        if _TCP_INFO is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                arrival = arrival_from_tcp_info(
+                    sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_LEN), now
+                )
+            except OSError:
+                arrival = 0
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            peer, port = str(addr[0]), int(addr[1])
+            if len(ACCEPTED) >= ACCEPTED_LIMIT:
+                ACCEPTED.clear()
+            ACCEPTED[(peer, port)] = [now, arrival, 0, 0]
+            server_port = sock.getsockname()[1]
+        else:  # unix socket: no peer to match a request by; the accept event still counts
+            peer, port, server_port = "", 0, 0
+        writer = writer_for(spool_dir)
+        if writer is not None:
+            writer.write_accept(now, arrival, port, server_port, 0, peer_bytes(peer))
+    except Exception:
+        logger.debug("wsgiwatch: accept hook failed to record", exc_info=True)
+
+
+def wrap_accept(accept: AcceptFn, spool_dir: str | None = None) -> AcceptFn:
+    """``accept`` that records each accepted connection first."""
+    directory = resolve_dir(spool_dir)
+
+    def accept_and_record() -> Any:
+        pair = accept()
+        # waitress's accept() returns None when another process took the connection
+        # (EAGAIN, ECONNABORTED): nothing to record, and nothing to break.
+        if pair is not None:
+            record_accept(pair[0], pair[1], directory)
+        return pair
+
+    accept_and_record.__wrapped__ = accept  # type: ignore[attr-defined]
+    return accept_and_record
+
+
+def arrival_from_socket(sock: object, now_ns: int) -> int:
+    """Arrival of the request just read from an accepted TCP socket (``TCP_INFO``), or 0."""
+    if _TCP_INFO is None or not isinstance(sock, socket.socket):
+        return 0
+    try:
+        return arrival_from_tcp_info(
+            sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_LEN), now_ns
+        )
+    except OSError:  # not TCP (a unix socket), or already closed
+        return 0
+
+
+def note_request_ready(addr: Any) -> None:
+    """The server has a complete request from ``addr`` in hand (waitress queues it now)."""
+    try:
+        conn = ACCEPTED.get((str(addr[0]), int(addr[1])))
+        if conn is not None:
+            conn[3] = time.monotonic_ns()
+    except Exception:
+        pass
+
+
+def mark_spool(spool_dir: str | None, capacity: int | None, *, hooked: bool = True) -> None:
+    """Open this process's spool now (so the sidecar sees an idle worker); flag it as
+    hooked only when accepts are really recorded."""
+    writer = writer_for(resolve_dir(spool_dir))
+    if writer is None:
+        return
+    if hooked:
+        writer.set_flags(fmt.HEADER_FLAG_ACCEPT_HOOK)
+    if capacity:
+        writer.set_declared_capacity(capacity)
+
+
+# gunicorn workers whose accept goes through ``listener.accept()`` in Python.
+_GUNICORN_HOOKABLE: Final = ("SyncWorker", "ThreadWorker")
+
+
+def install_gunicorn(worker: Any, spool_dir: str | None = None) -> bool:
+    """Hook a gunicorn worker's listeners; call from ``post_worker_init(worker)``.
+
+    Returns False (and logs why) for worker classes that accept elsewhere (gevent accepts
+    in its own loop); the sidecar's kernel view still covers those.
+    """
+    kind = type(worker).__name__
+    capacity = int(getattr(getattr(worker, "cfg", None), "threads", 1) or 1)
+    if kind != "ThreadWorker":
+        capacity = 1
+    if kind not in _GUNICORN_HOOKABLE:
+        logger.info("wsgiwatch: no accept hook for gunicorn worker %s; kernel data only", kind)
+        mark_spool(spool_dir, None, hooked=False)
+        return False
+    for listener in worker.sockets:
+        # gunicorn's socket wrapper forwards unknown attributes to the real socket; an
+        # attribute of its own shadows that for this one wrapper object, nothing else.
+        if not hasattr(listener.accept, "__wrapped__"):
+            listener.accept = wrap_accept(listener.sock.accept, spool_dir)
+    mark_spool(spool_dir, capacity)
+    return True
+
+
+def _noting_add_task(original: Any) -> Any:
+    """waitress hands a channel to its thread pool once a request is complete: that is the
+    request's arrival, which TCP_INFO cannot give for kept-alive connections."""
+
+    def add_task(channel: Any) -> Any:
+        note_request_ready(getattr(channel, "addr", None) or ("", 0))
+        return original(channel)
+
+    return add_task
+
+
+def serve_waitress(app: Any, *, spool_dir: str | None = None, **kwargs: Any) -> None:
+    """``waitress.serve(app, **kwargs)``, with each accept recorded."""
+    server = create_waitress_server(app, spool_dir=spool_dir, **kwargs)
+    server.run()
+
+
+def create_waitress_server(app: Any, *, spool_dir: str | None = None, **kwargs: Any) -> Any:
+    """``waitress.create_server`` with the accept hook on every listening socket."""
+    import waitress.server
+
+    kwargs.pop("_quiet", None)  # a waitress.serve() option that create_server refuses
+    server = waitress.server.create_server(app, **kwargs)
+    listeners = (
+        list(server.map.values())
+        if hasattr(server, "effective_listen") and not hasattr(server, "accept")
+        else [server]
+    )
+    for listener in listeners:
+        if isinstance(listener, waitress.server.BaseWSGIServer):
+            # wasyncore's handle_accept calls self.accept(); shadow it on this instance.
+            listener.accept = wrap_accept(listener.accept, spool_dir)
+            listener.add_task = _noting_add_task(listener.add_task)
+    mark_spool(spool_dir, int(kwargs.get("threads", 4)))
+    return server
