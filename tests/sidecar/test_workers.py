@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from support.sidecar_support import FAKE_PID_BASE, FakeProc, make_spool
 
-from wsgiwatch.kernel.procstat import process_start_ticks
+from wsgiwatch.kernel.procfs import process_start_ticks
 from wsgiwatch.sidecar.workers import WorkerRegistry
 from wsgiwatch.spool import layout as fmt
 

@@ -24,6 +24,12 @@ LISTEN = "LISTEN"
 ESTABLISHED = "ESTABLISHED"
 
 
+def plain_addr(addr: str) -> str:
+    """An IPv4 peer as the worker saw it: the kernel's dual-stack sockets show it as
+    ``::ffff:a.b.c.d``, while the middleware records ``a.b.c.d``."""
+    return addr[7:] if addr.startswith("::ffff:") else addr
+
+
 @dataclass(frozen=True, slots=True)
 class Waiting:
     """A request that has reached a worker and is not being served."""
@@ -99,10 +105,7 @@ def classify(
         holder = owner.get(sock.inode)
         if holder is None:
             continue
-        peer = (
-            sock.peer_addr[7:] if sock.peer_addr.startswith("::ffff:") else sock.peer_addr,
-            sock.peer_port,
-        )
+        peer = (plain_addr(sock.peer_addr), sock.peer_port)
         if peer in serving.get(holder, ()) or not is_waiting(sock, peer in served.get(holder, ())):
             continue
         recv_ms = sock.last_data_recv_ms or 0

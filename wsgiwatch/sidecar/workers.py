@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 
 from wsgiwatch.errors import SpoolFormatError, SpoolNotReady
-from wsgiwatch.kernel.procstat import pid_exists, process_start_ticks
+from wsgiwatch.kernel.procfs import pid_exists, process_start_ticks
 from wsgiwatch.sidecar.detect import Run
 from wsgiwatch.spool.reader import SlotState, SpoolHeader, SpoolReader, list_spools
 
