@@ -95,7 +95,6 @@ def classify(
             owner[inode] = pid
     waiting: list[Waiting] = []
     backlog = 0
-    mid = snapshot.midpoint_ns
     for sock in snapshot.tcp:
         if sock.state != ESTABLISHED or sock.local_port not in ports:
             continue
@@ -108,12 +107,10 @@ def classify(
         peer = (plain_addr(sock.peer_addr), sock.peer_port)
         if peer in serving.get(holder, ()) or not is_waiting(sock, peer in served.get(holder, ())):
             continue
-        recv_ms = sock.last_data_recv_ms or 0
-        waiting.append(
-            Waiting(
-                holder, sock.peer_addr, sock.peer_port, mid - recv_ms * 1_000_000, sock.rqueue > 0
-            )
-        )
+        arrival = snapshot.arrival_ns(sock)
+        if arrival is None:  # no tcp_info: it is waiting now, since when is unknown
+            arrival = snapshot.midpoint_ns
+        waiting.append(Waiting(holder, sock.peer_addr, sock.peer_port, arrival, sock.rqueue > 0))
     return waiting, backlog
 
 
