@@ -164,6 +164,9 @@ class FakeMonitor:
             raise OSError("health exploded")
         return {"polls": self.polls, "built_with": self.built_with}
 
+    def degraded(self) -> list[str]:
+        return []
+
     def close(self) -> None:
         self.closed = True
 

@@ -67,7 +67,28 @@ class SidecarCollector:
         )
         yield from self._live()
         yield from self._workers()
+        yield from self._losses()
         yield from self._health()
+
+    def _losses(self) -> Iterable[Metric]:
+        losses = self.monitor.losses
+        yield losses.deaths.family(
+            "wsgiwatch_worker_deaths_total",
+            "Worker processes that ended, by fate: killed (no word: SIGKILL, OOM, a crash), "
+            "timed_out (aborted by the server), exited (through its own code).",
+            ["fate"],
+        )
+        yield losses.requests.family(
+            "wsgiwatch_lost_requests_total",
+            "Requests that were running in a worker when it ended, by route and the "
+            "worker's fate: they got no answer, or a broken one.",
+            ["route", "fate"],
+        )
+        yield losses.connections.family(
+            "wsgiwatch_lost_connections_total",
+            "Connections a worker had accepted and not started when it ended, by fate.",
+            ["fate"],
+        )
 
     def _live(self) -> Iterable[Metric]:
         monitor = self.monitor
@@ -127,6 +148,15 @@ class SidecarCollector:
         yield busy
         yield cap
         yield rss
+        stuck = GaugeMetricFamily(
+            "wsgiwatch_stuck_requests",
+            "Scoreboard slots busy far longer than any request (a server that never calls "
+            "close()?): not counted as busy.",
+            labels=["worker"],
+        )
+        for worker in live:
+            stuck.add_metric([str(worker.index)], len(worker.stuck))
+        yield stuck
         yield GaugeMetricFamily("wsgiwatch_workers", "Live worker processes.", value=len(live))
         yield monitor.tallies.busy_seconds.family(
             "wsgiwatch_worker_busy_seconds_total",
@@ -149,6 +179,17 @@ class SidecarCollector:
             "wsgiwatch_spool_records_dropped_total",
             "Records lost: overwritten before the sidecar read them, torn, "
             "or not written (all slots busy, internal errors).",
+        )
+        registry = monitor.registry
+        yield GaugeMetricFamily(
+            "wsgiwatch_spool_directory_present",
+            "1 if the spool directory can be listed, 0 if it is gone (nothing is recorded).",
+            value=0 if registry.directory_error is not None else 1,
+        )
+        yield GaugeMetricFamily(
+            "wsgiwatch_spool_unreadable_files",
+            "Files named like spools in the directory that cannot be read, now.",
+            value=registry.unreadable,
         )
         errors = acc.Counter()
         errors.inc((), float(monitor.registry.spool_errors))

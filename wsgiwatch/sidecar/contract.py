@@ -32,3 +32,7 @@ class MonitorProtocol(Protocol):
 
     def health(self) -> dict[str, Any]:
         """Liveness facts: last poll time and duration, spools read, kernel available."""
+
+    def degraded(self) -> list[str]:
+        """Why what is published is incomplete right now (the spool directory is gone,
+        spools cannot be read...): ``/healthz`` then says ``degraded``. Empty: all is well."""

@@ -17,30 +17,36 @@ import time
 from collections.abc import Collection, Iterable
 from typing import Any
 
+import structlog
 from prometheus_client.metrics_core import Metric
 
 from wsgiwatch.kernel import KernelObserver
 from wsgiwatch.kernel import supported as kernel_supported
 from wsgiwatch.sidecar import accumulate as acc
 from wsgiwatch.sidecar.accounting import Accountant, Tallies
-from wsgiwatch.sidecar.arrivals import ArrivalJoin, serving
+from wsgiwatch.sidecar.arrivals import ArrivalJoin, PeerKey, peer_key, serving
 from wsgiwatch.sidecar.collector import SidecarCollector
+from wsgiwatch.sidecar.connections import Waiting
 from wsgiwatch.sidecar.detect import Run
 from wsgiwatch.sidecar.incidents import IncidentLog
 from wsgiwatch.sidecar.kernel_view import KernelView
+from wsgiwatch.sidecar.losses import LostRequests
 from wsgiwatch.sidecar.processes import ProcessSampler
 from wsgiwatch.sidecar.stalls import Stall, find_stalls
 from wsgiwatch.sidecar.views import (
     Incident,
     LiveState,
     RecentRequests,
+    SlotView,
     StallView,
     WorkerView,
     peer_text,
 )
 from wsgiwatch.sidecar.workers import Worker, WorkerRegistry
 from wsgiwatch.spool import layout as fmt
-from wsgiwatch.spool.reader import Record
+from wsgiwatch.spool.reader import Record, SlotState
+
+log = structlog.get_logger("wsgiwatch.sidecar")
 
 
 class Monitor:
@@ -57,10 +63,15 @@ class Monitor:
         use_kernel: bool = True,
         procfs_root: str = "/proc",
         route_limit: int = 100,
+        stuck_after_s: float = 3600.0,
     ) -> None:
         self.spool_dir = spool_dir
         self.poll_interval_s = poll_interval_s
         self.threshold_ns = int(threshold_s * 1e9)
+        # A slot busy this long is not a request any more but a server that never called
+        # close(): shown as stuck, no longer counted as busy (else its worker would look
+        # full, with stalls behind it, for good).
+        self.stuck_after_ns = int(stuck_after_s * 1e9)
         self.registry = WorkerRegistry(spool_dir, procfs_root)
         self.kernel: KernelView | None = None
         if use_kernel and kernel_supported:
@@ -72,6 +83,11 @@ class Monitor:
             self.tallies, self.arrivals, self.incident_log, self.threshold_ns
         )
         self.processes = ProcessSampler(procfs_root)
+        self.losses = LostRequests(self.tallies.route)
+        # Per live pid, the connections it had accepted and not started, at the last poll:
+        # when it dies, they die with it.
+        self._unstarted: dict[int, set[PeerKey]] = {}
+        self._stuck_logged: set[tuple[int, int]] = set()
         self.collector = SidecarCollector(self)
         self.stalls: list[Stall] = []
         self.torn = 0  # records claimed by writers that never finished them
@@ -88,8 +104,7 @@ class Monitor:
         live = [w for w in workers if w.alive]
         now = time.monotonic_ns()
         wall_offset = time.time_ns() - now
-        for worker in workers:
-            self._read_scoreboard(worker)
+        final_slots = {w: self._read_scoreboard(w, now) for w in workers}
         kernel_waiting = None
         if self.kernel is not None:
             answered = {w.pid: self.accountant.answered(w.index) or () for w in live}
@@ -101,9 +116,8 @@ class Monitor:
             if events:
                 self.tallies.accepted.inc((str(worker.index),), float(len(events)))
             self.arrivals.accepted(worker.pid, events, serving(worker.slots), now)
-        finished: list[tuple[Worker, Record]] = []
-        for worker in workers:
-            finished += [(worker, r) for r in self._read_records(worker)]
+        drained = {w: self._read_records(w) for w in workers}
+        finished = [(w, r) for w, records in drained.items() for r in records]
         finished.sort(key=lambda item: item[1].exit_ns)
         for worker, record in finished:
             self.accountant.finished(worker, record, workers, now, wall_offset)
@@ -116,24 +130,41 @@ class Monitor:
             pending_accepts=self.arrivals.pending_accepts(),
             now=now,
         )
+        self._note_unstarted(live, kernel_waiting)
         self.processes.sample(live)
         for worker in workers:
             if not worker.alive:  # drained above: its last records are in
-                self.arrivals.forget(worker.pid)
-                self.accountant.forget(worker.index)
-                self.registry.retire(worker)
+                self._retire(worker, final_slots[worker], drained[worker], now)
         self.polls += 1
         self.last_poll_mono = time.monotonic()
         self.last_poll_duration = self.last_poll_mono - started
         self.poll_durations.observe((), self.last_poll_duration)
 
-    def _read_scoreboard(self, worker: Worker) -> None:
+    def _read_scoreboard(self, worker: Worker, now: int) -> list[SlotState]:
+        """Read what the worker runs now; returns the raw slots (a dead worker's last)."""
         worker.header = worker.reader.header()
-        worker.slots = worker.reader.scoreboard() if worker.alive else []
+        slots = worker.reader.scoreboard()
+        if worker.alive:
+            worker.stuck = [s for s in slots if now - s.entry_ns > self.stuck_after_ns]
+            worker.slots = [s for s in slots if now - s.entry_ns <= self.stuck_after_ns]
+        else:
+            worker.slots, worker.stuck = [], []
+        for slot in worker.stuck:
+            if (worker.pid, slot.request) not in self._stuck_logged:
+                self._stuck_logged.add((worker.pid, slot.request))
+                log.warning(
+                    "slot.stuck",
+                    worker=worker.index,
+                    pid=worker.pid,
+                    method=slot.method,
+                    route=slot.path,
+                    running_s=round((now - slot.entry_ns) / 1e9, 3),
+                )
         worker.running = [
             Run(worker.pid, s.request, s.entry_ns, 0, s.path, s.method) for s in worker.slots
         ]
         self.arrivals.started(worker.pid, worker.slots)
+        return slots
 
     def _read_records(self, worker: Worker) -> list[Record]:
         result = worker.reader.read_records()
@@ -146,6 +177,33 @@ class Monitor:
         for r in result.records:
             worker.history.append(Run(r.pid, r.request, r.entry_ns, r.exit_ns, r.route, r.method))
         return result.records
+
+    def _note_unstarted(self, live: list[Worker], kernel_waiting: list[Waiting] | None) -> None:
+        unstarted: dict[int, set[PeerKey]] = {w.pid: set() for w in live}
+        for item in kernel_waiting or ():
+            if item.pid in unstarted:
+                unstarted[item.pid].add(peer_key(item.pid, item.peer_addr, item.peer_port))
+        if self.kernel is not None:
+            for pid, socks in self.kernel.unix_unread.items():
+                if pid in unstarted:
+                    unstarted[pid].update((pid, "unix", s.inode) for s in socks)
+        for key, _ in self.arrivals.pending_accepts():
+            if key[0] in unstarted:
+                unstarted[key[0]].add(key)
+        gone = {pid: keys for pid, keys in self._unstarted.items() if pid not in unstarted}
+        self._unstarted = {**gone, **unstarted}  # the dead keep theirs until retired
+
+    def _retire(
+        self, worker: Worker, final_slots: list[SlotState], drained: list[Record], now: int
+    ) -> None:
+        unstarted = self._unstarted.pop(worker.pid, set())
+        if worker.gone:  # its process ended: what it was running died with it
+            running = {peer_key(worker.pid, s.peer, s.peer_port) for s in final_slots}
+            self.losses.worker_gone(worker, final_slots, drained, len(unstarted - running), now)
+        self._stuck_logged = {k for k in self._stuck_logged if k[0] != worker.pid}
+        self.arrivals.forget(worker.pid)
+        self.accountant.forget(worker.index)
+        self.registry.retire(worker)
 
     # -- the contract ------------------------------------------------------------------------
     def collect(self) -> Iterable[Metric]:
@@ -194,6 +252,16 @@ class Monitor:
 
     @staticmethod
     def _worker_view(w: Worker, now: int) -> WorkerView:
+        def slot_view(s: SlotState) -> SlotView:
+            return {
+                "request": s.request,
+                "method": s.method,
+                "path": s.path,
+                "peer": peer_text(s.peer, s.peer_port),
+                "tid": s.tid,
+                "running_s": max(0, now - s.entry_ns) / 1e9,
+            }
+
         return {
             "worker": w.index,
             "pid": w.pid,
@@ -206,17 +274,8 @@ class Monitor:
             "accelerated": w.header.accelerated,
             "multithread": bool(w.header.flags & fmt.HEADER_FLAG_MULTITHREAD),
             "rss_bytes": w.rss,
-            "slots": [
-                {
-                    "request": s.request,
-                    "method": s.method,
-                    "path": s.path,
-                    "peer": peer_text(s.peer, s.peer_port),
-                    "tid": s.tid,
-                    "running_s": max(0, now - s.entry_ns) / 1e9,
-                }
-                for s in list(w.slots)
-            ],
+            "slots": [slot_view(s) for s in list(w.slots)],
+            "stuck": [slot_view(s) for s in list(w.stuck)],
         }
 
     def health(self) -> dict[str, Any]:
@@ -230,6 +289,21 @@ class Monitor:
             "kernel": self.kernel_usable(),
             "kernel_notices": list(self.kernel.notices) if self.kernel is not None else [],
         }
+
+    def degraded(self) -> list[str]:
+        """Why what the sidecar publishes is incomplete right now (empty: it is not)."""
+        reasons = []
+        if self.registry.directory_error is not None:
+            reasons.append(f"{self.registry.directory_error}: no worker is recorded")
+        if self.registry.unreadable:
+            reasons.append(f"{self.registry.unreadable} spool file(s) cannot be read")
+        stuck = sum(len(w.stuck) for w in self.registry.live())
+        if stuck:
+            reasons.append(
+                f"{stuck} request(s) busy for over {self.stuck_after_ns / 1e9:g} s: "
+                "a server that never calls close()?"
+            )
+        return reasons
 
     # -- facts the collector and the views share ---------------------------------------------
     def kernel_usable(self) -> bool:

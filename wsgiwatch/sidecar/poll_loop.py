@@ -103,15 +103,23 @@ class PollLoop:
         return age is not None and age <= STALE_AFTER_INTERVALS * self.interval_s
 
     def status(self) -> dict[str, Any]:
+        """``status``: ``ok``; ``degraded`` (polls succeed, but what they see is incomplete:
+        ``degraded_reasons`` says why); ``starting``; ``stale`` (no successful poll lately,
+        /healthz answers 503); ``stopped``."""
         age = self.seconds_since_success()
+        reasons: list[str] = []
         if age is None:
             state = "stopped"
         elif not self.healthy():
             state = "stale"
+        elif self.last_success is None:
+            state = "starting"
         else:
-            state = "ok" if self.last_success is not None else "starting"
+            reasons = self.monitor.degraded()
+            state = "degraded" if reasons else "ok"
         return {
             "status": state,
+            "degraded_reasons": reasons,
             "successful_polls": self.polls,
             "poll_failures": self.failures,
             "poll_overruns": self.overruns,

@@ -87,7 +87,8 @@ class WorkerView(TypedDict):
     accelerated: bool
     multithread: bool
     rss_bytes: int | None
-    slots: list[SlotView]
+    slots: list[SlotView]  # running now
+    stuck: list[SlotView]  # busy far longer than any request: not counted as busy
 
 
 class StallView(TypedDict):

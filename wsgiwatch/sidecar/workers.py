@@ -17,6 +17,7 @@ import structlog
 from wsgiwatch.errors import SpoolFormatError, SpoolNotReady
 from wsgiwatch.kernel.procfs import pid_exists, process_start_ticks
 from wsgiwatch.sidecar.detect import Run
+from wsgiwatch.spool import fate
 from wsgiwatch.spool import layout as fmt
 from wsgiwatch.spool.reader import SlotState, SpoolHeader, SpoolReader
 
@@ -31,11 +32,13 @@ class Worker:
     index: int
     reader: SpoolReader
     header: SpoolHeader
-    alive: bool = True
+    alive: bool = True  # its process lives and its spool is still there
+    gone: bool = False  # its process ended (not just its file removed)
     history: collections.deque[Run] = field(
         default_factory=lambda: collections.deque(maxlen=HISTORY_RUNS)
     )
-    slots: list[SlotState] = field(default_factory=list)
+    slots: list[SlotState] = field(default_factory=list)  # running now
+    stuck: list[SlotState] = field(default_factory=list)  # busy far longer than any request
     running: list[Run] = field(default_factory=list)
     last_lost: int = 0  # records its reader found overwritten, as its header counts them
     rss: int | None = None
@@ -82,6 +85,7 @@ class WorkerRegistry:
         self.procfs_root = procfs_root
         self.workers: dict[str, Worker] = {}  # spool path -> worker
         self._bad: dict[str, int] = {}  # unreadable path -> its mtime (ns) when counted
+        self.directory_error: str | None = None  # why the directory cannot be listed now
         self.spool_errors = 0
         self.retired_lost = 0  # records lost in spools already removed
 
@@ -100,9 +104,17 @@ class WorkerRegistry:
     def _entries(self) -> dict[str, os.DirEntry[str]]:
         try:
             with os.scandir(self.spool_dir) as it:
-                return {e.path: e for e in it if e.name.endswith(fmt.SUFFIX)}
-        except OSError:
+                entries = {e.path: e for e in it if e.name.endswith(fmt.SUFFIX)}
+        except OSError as exc:
+            if self.directory_error is None:
+                # Workers write nothing there now: say so once, not every poll.
+                log.warning("spool.directory_missing", path=self.spool_dir, error=str(exc))
+            self.directory_error = f"spool directory {self.spool_dir}: {exc.strerror or exc}"
             return {}
+        if self.directory_error is not None:
+            self.directory_error = None
+            log.info("spool.directory_back", path=self.spool_dir)
+        return entries
 
     def refresh(self) -> None:
         """Open new spools, mark workers whose process is gone (``alive = False``)."""
@@ -114,11 +126,20 @@ class WorkerRegistry:
                 if worker is None:
                     continue
             worker.alive = self._alive(worker.pid, worker.reader.start_ticks)
+            worker.gone = not worker.alive
         for path, worker in list(self.workers.items()):
-            if path not in entries:  # removed behind our back: nothing more to read
+            if path not in entries:
+                # Removed behind our back (the directory with it, perhaps): nothing more to
+                # read, but its process may live on and write a new one.
                 worker.alive = False
+                worker.gone = not self._alive(worker.pid, worker.reader.start_ticks)
         for path in [p for p in self._bad if p not in entries]:
             del self._bad[path]
+
+    @property
+    def unreadable(self) -> int:
+        """Entries named like spools that cannot be read, now."""
+        return len(self._bad)
 
     def _unreadable(self, entry: os.DirEntry[str], event: str, **facts: object) -> None:
         """Count and log an unreadable entry once (again only if it changes)."""
@@ -179,18 +200,20 @@ class WorkerRegistry:
         log.info("spool.removed", path=path, reason=reason)
 
     def retire(self, worker: Worker) -> None:
-        """Forget a dead worker whose spool was drained, and remove its file."""
+        """Forget a dead worker whose spool was drained, and remove its file (and the note
+        on its fate it may have left)."""
         path = worker.reader.path
         self.workers.pop(path, None)
         h = worker.header
         self.retired_lost += worker.last_lost + h.slots_exhausted + h.write_errors
         worker.reader.close()
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass  # removed behind our back (by an operator, or another sidecar)
-        except OSError as exc:
-            log.warning("spool.remove_failed", path=path, error=str(exc))
+        for name in (path, fate.note_path(path)):
+            try:
+                os.unlink(name)
+            except FileNotFoundError:
+                pass  # removed behind our back, or (a note) never written
+            except OSError as exc:
+                log.warning("spool.remove_failed", path=name, error=str(exc))
 
     def live(self) -> list[Worker]:
         return [w for w in list(self.workers.values()) if w.alive]  # list(): polls mutate it

@@ -1,0 +1,83 @@
+"""Requests that die with their worker (SIGKILL, the OOM killer, gunicorn's WORKER TIMEOUT).
+
+A dead worker's scoreboard still says what it was running: every busy slot whose request
+never reached the ring died with the process. The connections it had accepted and not yet
+started (seen waiting inside it by the kernel, or by the accept hook) died too. Both are
+counted, with the worker's fate, and the death is logged as one event (``worker.lost``)
+naming the requests.
+
+The fate comes from the worker itself when it could say (a note written by its gunicorn
+hooks, :mod:`wsgiwatch.spool.fate`): ``timed_out`` (gunicorn aborted it after its
+``--timeout``; the note lists the requests in flight then, which gunicorn's abort may have
+ended with an exception and so recorded), ``exited`` (it ran its exit hooks). Without a
+note it is ``killed``: it ended without a word (SIGKILL, the OOM killer, a crash).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import structlog
+
+from wsgiwatch.sidecar import accumulate as acc
+from wsgiwatch.sidecar.workers import Worker
+from wsgiwatch.spool.fate import FATES, KILLED, read_note
+from wsgiwatch.spool.reader import Record, SlotState
+
+log = structlog.get_logger("wsgiwatch.sidecar")
+
+
+class LostRequests:
+    def __init__(self, route: acc.LabelCap) -> None:
+        self._route = route
+        self.requests = acc.Counter()  # (route, fate)
+        self.connections = acc.Counter()  # (fate,)
+        self.deaths = acc.Counter()  # (fate,)
+        for fate in FATES:
+            # Born at 0, so that rate() and increase() see the first death.
+            self.connections.inc((fate,), 0.0)
+            self.deaths.inc((fate,), 0.0)
+
+    def worker_gone(
+        self,
+        worker: Worker,
+        final_slots: Iterable[SlotState],
+        drained: Iterable[Record],
+        unstarted: int,
+        now_ns: int,
+    ) -> None:
+        """Account for a worker whose process is gone, after its last records were read."""
+        note = read_note(worker.reader.path)
+        fate = note.fate if note is not None else KILLED
+        self.deaths.inc((fate,))
+        # Its finished requests: (method, route, seconds it ran), by request number.
+        finished = {r.request: (r.method, r.route, r.duration_ns / 1e9) for r in drained}
+        for run in worker.history:
+            finished.setdefault(
+                run.request, (run.method, run.route, (run.end(now_ns) - run.entry_ns) / 1e9)
+            )
+        lost = [
+            (s.method, s.path, max(0, now_ns - s.entry_ns) / 1e9)
+            for s in final_slots
+            if s.request not in finished
+        ]
+        if note is not None:
+            # gunicorn's abort raises SystemExit inside the request, and the middleware then
+            # records it (as raised) before the process ends. It still died with its worker.
+            lost += [finished[n] for n in note.requests if n in finished]
+        for _, route, _ in lost:
+            self.requests.inc((self._route(route), fate))
+        if unstarted:
+            self.connections.inc((fate,), float(unstarted))
+        if lost or unstarted:
+            log.warning(
+                "worker.lost",
+                worker=worker.index,
+                pid=worker.pid,
+                fate=fate,
+                requests=[
+                    {"method": method, "route": route, "running_s": round(running, 6)}
+                    for method, route, running in lost
+                ],
+                unstarted_connections=unstarted,
+            )
