@@ -24,6 +24,7 @@ class Run:
     exit_ns: int
     route: str
     method: str
+    raised: bool = False  # ended by an exception (gunicorn's abort raises SystemExit)
 
     def end(self, now_ns: int) -> int:
         return self.exit_ns or now_ns

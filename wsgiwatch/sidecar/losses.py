@@ -22,7 +22,7 @@ import structlog
 from wsgiwatch.sidecar import accumulate as acc
 from wsgiwatch.sidecar.workers import Worker
 from wsgiwatch.spool.fate import FATES, KILLED, read_note
-from wsgiwatch.spool.reader import Record, SlotState
+from wsgiwatch.spool.reader import SlotState
 
 log = structlog.get_logger("wsgiwatch.sidecar")
 
@@ -39,23 +39,14 @@ class LostRequests:
             self.deaths.inc((fate,), 0.0)
 
     def worker_gone(
-        self,
-        worker: Worker,
-        final_slots: Iterable[SlotState],
-        drained: Iterable[Record],
-        unstarted: int,
-        now_ns: int,
+        self, worker: Worker, final_slots: Iterable[SlotState], unstarted: int, now_ns: int
     ) -> None:
-        """Account for a worker whose process is gone, after its last records were read."""
+        """Account for a worker whose process is gone, after its last records were read
+        (they are in its history)."""
         note = read_note(worker.reader.path)
         fate = note.fate if note is not None else KILLED
         self.deaths.inc((fate,))
-        # Its finished requests: (method, route, seconds it ran), by request number.
-        finished = {r.request: (r.method, r.route, r.duration_ns / 1e9) for r in drained}
-        for run in worker.history:
-            finished.setdefault(
-                run.request, (run.method, run.route, (run.end(now_ns) - run.entry_ns) / 1e9)
-            )
+        finished = {run.request: run for run in worker.history}
         lost = [
             (s.method, s.path, max(0, now_ns - s.entry_ns) / 1e9)
             for s in final_slots
@@ -64,7 +55,10 @@ class LostRequests:
         if note is not None:
             # gunicorn's abort raises SystemExit inside the request, and the middleware then
             # records it (as raised) before the process ends. It still died with its worker.
-            lost += [finished[n] for n in note.requests if n in finished]
+            for number in sorted(note.requests):
+                run = finished.get(number)
+                if run is not None and run.raised:
+                    lost.append((run.method, run.route, (run.end(now_ns) - run.entry_ns) / 1e9))
         for _, route, _ in lost:
             self.requests.inc((self._route(route), fate))
         if unstarted:

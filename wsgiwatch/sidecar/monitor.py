@@ -134,7 +134,7 @@ class Monitor:
         self.processes.sample(live)
         for worker in workers:
             if not worker.alive:  # drained above: its last records are in
-                self._retire(worker, final_slots[worker], drained[worker], now)
+                self._retire(worker, final_slots[worker], now)
         self.polls += 1
         self.last_poll_mono = time.monotonic()
         self.last_poll_duration = self.last_poll_mono - started
@@ -175,7 +175,10 @@ class Monitor:
             done = {r.request for r in result.records}
             worker.running = [r for r in worker.running if r.request not in done]
         for r in result.records:
-            worker.history.append(Run(r.pid, r.request, r.entry_ns, r.exit_ns, r.route, r.method))
+            raised = bool(r.flags & fmt.FLAG_APP_RAISED)
+            worker.history.append(
+                Run(r.pid, r.request, r.entry_ns, r.exit_ns, r.route, r.method, raised)
+            )
         return result.records
 
     def _note_unstarted(self, live: list[Worker], kernel_waiting: list[Waiting] | None) -> None:
@@ -193,13 +196,11 @@ class Monitor:
         gone = {pid: keys for pid, keys in self._unstarted.items() if pid not in unstarted}
         self._unstarted = {**gone, **unstarted}  # the dead keep theirs until retired
 
-    def _retire(
-        self, worker: Worker, final_slots: list[SlotState], drained: list[Record], now: int
-    ) -> None:
+    def _retire(self, worker: Worker, final_slots: list[SlotState], now: int) -> None:
         unstarted = self._unstarted.pop(worker.pid, set())
         if worker.gone:  # its process ended: what it was running died with it
             running = {peer_key(worker.pid, s.peer, s.peer_port) for s in final_slots}
-            self.losses.worker_gone(worker, final_slots, drained, len(unstarted - running), now)
+            self.losses.worker_gone(worker, final_slots, len(unstarted - running), now)
         self._stuck_logged = {k for k in self._stuck_logged if k[0] != worker.pid}
         self.arrivals.forget(worker.pid)
         self.accountant.forget(worker.index)

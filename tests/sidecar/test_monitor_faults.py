@@ -1,0 +1,276 @@
+"""The monitor when things go wrong around it, on crafted spools and a fake procfs: workers
+that die with requests in flight, a spool directory removed and back, a server that never
+calls close(). Each outcome is counted, visible in /healthz or a gauge, and logged once."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+
+import pytest
+from structlog.testing import capture_logs
+from support.sidecar_support import (
+    FAKE_PID_BASE,
+    MS,
+    FakeKernel,
+    FakeProc,
+    Req,
+    S,
+    finish,
+    make_spool,
+    scrape,
+    start,
+    tcp,
+    value,
+)
+
+from wsgiwatch.sidecar.monitor import Monitor
+from wsgiwatch.sidecar.poll_loop import PollLoop
+from wsgiwatch.spool import fate
+from wsgiwatch.spool import layout as fmt
+from wsgiwatch.spool.writer import SpoolWriter
+
+W1, W2 = FAKE_PID_BASE + 21, FAKE_PID_BASE + 22
+
+
+class Scene:
+    def __init__(self, spool_dir: str) -> None:
+        self.dir = spool_dir
+        self.proc = FakeProc()
+        self.now = time.monotonic_ns()
+        self.monitors: list[Monitor] = []
+
+    def worker(self, pid: int, capacity: int = 2) -> SpoolWriter:
+        self.proc.add(pid, 1000)
+        return make_spool(self.dir, pid, start_ticks=1000, capacity=capacity, slot_count=4)
+
+    def monitor(self, **kw: object) -> Monitor:
+        kw.setdefault("use_kernel", False)
+        monitor = Monitor(self.dir, procfs_root=self.proc.root, **kw)  # type: ignore[arg-type]
+        self.monitors.append(monitor)
+        return monitor
+
+    def close(self) -> None:
+        for monitor in self.monitors:
+            monitor.close()
+        self.proc.cleanup()
+
+
+@pytest.fixture
+def scene(spool_dir: str) -> Iterator[Scene]:
+    s = Scene(spool_dir)
+    yield s
+    s.close()
+
+
+def events(logs: list[dict[str, object]], name: str) -> list[dict[str, object]]:
+    return [e for e in logs if e["event"] == name]
+
+
+# --- requests that die with their worker ----------------------------------------------------
+def test_requests_running_when_a_worker_is_killed_are_counted_by_route(scene: Scene) -> None:
+    w = scene.worker(W1)
+    finish(w, Req(scene.now - 3 * S, scene.now - 2 * S, "/done"))
+    start(w, 0, Req(scene.now - 2 * S, route="/report"))
+    start(w, 1, Req(scene.now - 1 * S, route="/export", method="POST"))
+    monitor = scene.monitor()
+    monitor.poll()
+    scene.proc.kill(W1)  # SIGKILL: no note left
+    with capture_logs() as logs:
+        monitor.poll()
+    m = scrape(monitor)
+    assert value(m, "wsgiwatch_lost_requests_total", route="/report", fate="killed") == 1
+    assert value(m, "wsgiwatch_lost_requests_total", route="/export", fate="killed") == 1
+    assert value(m, "wsgiwatch_worker_deaths_total", fate="killed") == 1
+    assert value(m, "wsgiwatch_worker_deaths_total", fate="timed_out") == 0
+    assert value(m, "wsgiwatch_requests_total", route="/done", status_class="2xx") == 1
+    (event,) = events(logs, "worker.lost")
+    assert event["fate"] == "killed" and event["pid"] == W1
+    lost = {(r["method"], r["route"]) for r in event["requests"]}  # type: ignore[attr-defined]
+    assert lost == {("GET", "/report"), ("POST", "/export")}
+    assert os.listdir(scene.dir) == []  # drained, then removed
+
+
+def test_a_request_that_finished_as_its_worker_died_is_not_lost(scene: Scene) -> None:
+    """The record is written before the slot is freed: a worker killed in between shows the
+    request both finished and on its scoreboard. It was answered: not lost."""
+    w = scene.worker(W1)
+    req = start(w, 0, Req(scene.now - 2 * S, route="/answered"))
+    finish(w, Req(req.entry_ns, scene.now - S, "/answered", request=req.request))
+    monitor = scene.monitor()
+    scene.proc.kill(W1)
+    with capture_logs() as logs:
+        monitor.poll()
+    m = scrape(monitor)
+    assert m.get("wsgiwatch_lost_requests_total", []) == []
+    assert value(m, "wsgiwatch_worker_deaths_total", fate="killed") == 1
+    assert events(logs, "worker.lost") == []
+
+
+def test_a_timed_out_worker_names_its_fate_and_its_aborted_request(scene: Scene) -> None:
+    """gunicorn's abort raises SystemExit inside the request, which the middleware records
+    as raised; the worker's note says it timed out and which request was in flight."""
+    w = scene.worker(W1, capacity=1)
+    req = start(w, 0, Req(scene.now - 31 * S, route="/slow"))
+    finish(
+        w,
+        Req(
+            req.entry_ns,
+            scene.now - S,
+            "/slow",
+            status=500,
+            flags=fmt.FLAG_APP_RAISED,
+            request=req.request,
+        ),
+    )
+    fate.write_note(w.path, fate.TIMED_OUT, [req.request])
+    fate.write_note(w.path, fate.EXITED)  # it exits after the abort: the first word stands
+    monitor = scene.monitor()
+    scene.proc.kill(W1)
+    with capture_logs() as logs:
+        monitor.poll()
+    m = scrape(monitor)
+    assert value(m, "wsgiwatch_lost_requests_total", route="/slow", fate="timed_out") == 1
+    assert value(m, "wsgiwatch_worker_deaths_total", fate="timed_out") == 1
+    (event,) = events(logs, "worker.lost")
+    assert event["fate"] == "timed_out"
+    assert os.listdir(scene.dir) == []  # the spool and its note
+
+
+@pytest.mark.parametrize(
+    "note", [b"", b"{", b'{"fate": "eaten", "requests": []}', b'{"fate": "exited"}', b"x" * 9000]
+)
+def test_a_note_that_is_not_ours_leaves_the_fate_unknown(scene: Scene, note: bytes) -> None:
+    w = scene.worker(W1)
+    start(w, 0, Req(scene.now - S, route="/x"))
+    with open(fate.note_path(w.path), "wb") as f:
+        f.write(note)
+    monitor = scene.monitor()
+    scene.proc.kill(W1)
+    monitor.poll()
+    assert value(scrape(monitor), "wsgiwatch_lost_requests_total", route="/x", fate="killed") == 1
+    assert os.listdir(scene.dir) == []
+
+
+def test_connections_accepted_and_not_started_die_with_their_worker(scene: Scene) -> None:
+    w = scene.worker(W1, capacity=1)
+    start(w, 0, Req(scene.now - 2 * S, route="/slow", peer_port=7000))
+    kernel = FakeKernel()
+    kernel.inodes = {W1: {500, 501, 502}}
+    kernel.socks = [
+        tcp(state="LISTEN", port=8000, peer="0.0.0.0", peer_port=0, inode=500),
+        tcp(peer_port=7000, inode=501, recv_ms=2000, sent_ms=2000),  # being served
+        tcp(peer_port=7001, inode=502, rqueue=80, recv_ms=500, sent_ms=600),  # waiting
+    ]
+    monitor = scene.monitor(use_kernel=True, kernel=kernel)
+    monitor.poll()
+    assert len(monitor.stalls) == 1
+    scene.proc.kill(W1)
+    kernel.inodes, kernel.socks = {}, kernel.socks[:1]  # the kernel closed them
+    with capture_logs() as logs:
+        monitor.poll()
+    m = scrape(monitor)
+    assert value(m, "wsgiwatch_lost_connections_total", fate="killed") == 1
+    assert value(m, "wsgiwatch_lost_requests_total", route="/slow", fate="killed") == 1
+    (event,) = events(logs, "worker.lost")
+    assert event["unstarted_connections"] == 1
+
+
+def test_a_spool_removed_while_its_worker_lives_loses_no_request(scene: Scene) -> None:
+    w = scene.worker(W1)
+    start(w, 0, Req(scene.now - S, route="/x"))
+    monitor = scene.monitor()
+    monitor.poll()
+    os.unlink(w.path)
+    with capture_logs() as logs:
+        monitor.poll()
+    m = scrape(monitor)
+    assert m.get("wsgiwatch_lost_requests_total", []) == []
+    assert value(m, "wsgiwatch_worker_deaths_total", fate="killed") == 0
+    assert events(logs, "worker.lost") == []
+
+
+# --- the spool directory removed, and back ----------------------------------------------------
+def test_a_removed_spool_directory_degrades_health_and_recovers(scene: Scene) -> None:
+    scene.worker(W1)
+    monitor = scene.monitor()
+    loop = PollLoop(monitor, 0.5)
+    assert loop.poll_once()
+    assert loop.status()["status"] == "ok"
+    shutil.rmtree(scene.dir)
+    with capture_logs() as logs:
+        for _ in range(3):
+            assert loop.poll_once()  # polls go on
+    status = loop.status()
+    assert status["status"] == "degraded"
+    (reason,) = status["degraded_reasons"]
+    assert scene.dir in reason and "No such file" in reason
+    assert loop.healthy()  # degraded, not stale: /healthz still answers 200
+    assert value(scrape(monitor), "wsgiwatch_spool_directory_present") == 0
+    assert value(scrape(monitor), "wsgiwatch_workers") == 0
+    assert [e["event"] for e in logs] == ["spool.directory_missing"]  # once, not per poll
+    os.mkdir(scene.dir)
+    scene.worker(W2)  # a worker writes its spool anew
+    with capture_logs() as logs:
+        loop.poll_once()
+        loop.poll_once()
+    assert [e["event"] for e in logs] == ["spool.directory_back"]
+    assert loop.status()["status"] == "ok"
+    assert value(scrape(monitor), "wsgiwatch_spool_directory_present") == 1
+    assert [w.pid for w in monitor.registry.live()] == [W2]
+
+
+def test_unreadable_spools_are_visible_while_they_last(scene: Scene) -> None:
+    scene.proc.add(W1, 1000)
+    path = os.path.join(scene.dir, fmt.spool_name(W1, 1000))
+    with open(path, "wb") as f:
+        f.write(b"\0" * 100)  # short, all zero: not a spool
+    monitor = scene.monitor()
+    loop = PollLoop(monitor, 0.5)
+    loop.poll_once()
+    loop.poll_once()
+    assert value(scrape(monitor), "wsgiwatch_spool_unreadable_files") == 1
+    assert value(scrape(monitor), "wsgiwatch_spool_errors_total") == 1
+    assert loop.status()["degraded_reasons"] == ["1 spool file(s) cannot be read"]
+    os.unlink(path)
+    loop.poll_once()
+    assert value(scrape(monitor), "wsgiwatch_spool_unreadable_files") == 0
+    assert loop.status()["status"] == "ok"
+
+
+# --- a server that never calls close() ----------------------------------------------------------
+def test_a_slot_busy_past_the_limit_is_stuck_not_busy(scene: Scene) -> None:
+    w = scene.worker(W1, capacity=1)
+    start(w, 0, Req(scene.now - 2 * 3600 * S, route="/never-closed", peer_port=7000))
+    kernel = FakeKernel()
+    kernel.inodes = {W1: {500, 502}}
+    kernel.socks = [
+        tcp(state="LISTEN", port=8000, peer="0.0.0.0", peer_port=0, inode=500),
+        tcp(peer_port=7001, inode=502, rqueue=80, recv_ms=500, sent_ms=600),
+    ]
+    monitor = scene.monitor(use_kernel=True, kernel=kernel, stuck_after_s=3600)
+    loop = PollLoop(monitor, 0.5)
+    with capture_logs() as logs:
+        loop.poll_once()
+        loop.poll_once()
+    m = scrape(monitor)
+    assert value(m, "wsgiwatch_stuck_requests", worker="0") == 1
+    assert value(m, "wsgiwatch_worker_busy", worker="0") == 0
+    assert value(m, "wsgiwatch_stalled_requests", worker="0") == 0  # not full: no stall
+    (worker,) = monitor.state()["workers"]
+    assert worker["slots"] == [] and [s["path"] for s in worker["stuck"]] == ["/never-closed"]
+    assert worker["stuck"][0]["running_s"] > 7000
+    assert [e["event"] for e in logs] == ["slot.stuck"]  # once, not per poll
+    assert "busy for over 3600 s" in loop.status()["degraded_reasons"][0]
+
+
+def test_a_long_request_under_the_limit_is_busy(scene: Scene) -> None:
+    w = scene.worker(W1, capacity=1)
+    start(w, 0, Req(scene.now - 500 * MS, route="/slow"))
+    monitor = scene.monitor(stuck_after_s=3600)
+    monitor.poll()
+    m = scrape(monitor)
+    assert value(m, "wsgiwatch_worker_busy", worker="0") == 1
+    assert value(m, "wsgiwatch_stuck_requests", worker="0") == 0
