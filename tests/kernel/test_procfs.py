@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,24 @@ def test_pid_exists() -> None:
     with subprocess.Popen([sys.executable, "-c", "pass"]) as child:
         child.wait()
     assert not procfs.pid_exists(child.pid)  # reaped: gone
+
+
+def test_running_until_reaped_is_not_running() -> None:
+    """A child that has exited is a zombie until waited for: not running any more."""
+    with subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    ) as child:
+        ticks = procfs.process_start_ticks(child.pid)
+        assert ticks is not None
+        assert procfs.process_running(child.pid, ticks)
+        assert not procfs.process_running(child.pid, ticks + 1)  # another process, same pid
+        assert child.stdin is not None
+        child.stdin.close()
+        deadline = time.monotonic() + 10
+        while procfs.process_running(child.pid, ticks) and time.monotonic() < deadline:
+            time.sleep(0.01)  # it exits; we do not wait for it yet
+        assert not procfs.process_running(child.pid, ticks)  # a zombie
+        assert procfs.process_start_ticks(child.pid) == ticks  # still listed
+        child.wait()
+    assert not procfs.process_running(child.pid, ticks)  # reaped: gone
+    assert not procfs.process_running(4244 + 99, 1, FIXTURE_PROC)

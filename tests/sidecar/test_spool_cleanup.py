@@ -15,8 +15,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from apps.client import fetch
+from structlog.testing import capture_logs
 from support.servers import gunicorn
+from support.sidecar_support import scrape, value
 
 from wsgiwatch.sidecar.monitor import Monitor
 from wsgiwatch.spool.reader import SpoolReader, list_spools
@@ -118,3 +121,72 @@ def test_a_missing_directory_is_nothing_to_clean(tmp_path: Path) -> None:
     monitor = Monitor(str(tmp_path / "missing"), use_kernel=False)
     monitor.poll()
     assert monitor.registry.workers == {} and monitor.registry.spool_errors == 0
+
+
+def test_requests_in_flight_on_a_killed_worker_are_counted_lost(spool_dir: str) -> None:
+    """SIGKILL a gthread worker running two slow requests, with a third accepted behind
+    them (what gunicorn's worker timeout or the OOM killer does): all three are counted."""
+    with gunicorn("apps.probe:application", spool_dir, worker_class="gthread", threads=2) as server:
+        monitor = Monitor(spool_dir, listener_ports=[server.port])
+        try:
+            pid = fetch(server.port, "/r/warm").pid
+            pool = ThreadPoolExecutor(3)
+            slow = [pool.submit(fetch, server.port, f"/r/slow{n}?sleep=30") for n in (1, 2)]
+
+            def both_running() -> bool:
+                monitor.poll()
+                (worker,) = monitor.state()["workers"]
+                return worker["busy"] == 2
+
+            wait_until(both_running, "two slow requests running")
+            queued = pool.submit(fetch, server.port, "/r/queued")
+            wait_until(lambda: (monitor.poll(), len(monitor.stalls) == 1)[1], "one stalled")
+            with capture_logs() as logs:
+                os.kill(pid, signal.SIGKILL)
+                poll_until_removed(monitor, spool_of(spool_dir, pid))
+            for future in [*slow, queued]:
+                with pytest.raises(OSError):  # reset or closed: no answer
+                    future.result(timeout=15)
+            pool.shutdown()
+            m = scrape(monitor)
+            for route in ("/r/slow1", "/r/slow2"):
+                assert value(m, "wsgiwatch_lost_requests_total", route=route, fate="killed") == 1
+            assert value(m, "wsgiwatch_lost_connections_total", fate="killed") == 1
+            (event,) = [e for e in logs if e["event"] == "worker.lost"]
+            assert event["pid"] == pid and event["unstarted_connections"] == 1
+            assert sorted(r["route"] for r in event["requests"]) == ["/r/slow1", "/r/slow2"]
+        finally:
+            monitor.close()
+
+
+def test_a_request_on_a_worker_gunicorn_times_out_is_counted_with_that_fate(
+    spool_dir: str,
+) -> None:
+    """gunicorn's WORKER TIMEOUT: the arbiter aborts a sync worker stuck in a request for
+    longer than ``--timeout``; wsgiwatch's hooks note it before the worker exits."""
+    with gunicorn(
+        "apps.probe:application",
+        spool_dir,
+        extra=["--timeout", "2", "-c", "python:wsgiwatch.gunicorn_config"],
+    ) as server:
+        monitor = Monitor(spool_dir, use_kernel=False)
+        try:
+            pid = fetch(server.port, "/r/warm").pid
+            path = spool_of(spool_dir, pid)
+            with ThreadPoolExecutor(1) as pool:
+                stuck = pool.submit(fetch, server.port, "/r/stuck?sleep=30")
+                with capture_logs() as logs:
+                    poll_until_removed(monitor, path)
+                # gunicorn answers with its own error page: the app never did.
+                assert stuck.result(timeout=15).status == 500
+            m = scrape(monitor)
+            assert (
+                value(m, "wsgiwatch_lost_requests_total", route="/r/stuck", fate="timed_out") == 1
+            )
+            assert value(m, "wsgiwatch_worker_deaths_total", fate="timed_out") == 1
+            (event,) = [e for e in logs if e["event"] == "worker.lost"]
+            assert (event["pid"], event["fate"]) == (pid, "timed_out")
+            assert [r["route"] for r in event["requests"]] == ["/r/stuck"]
+            assert event["requests"][0]["running_s"] >= 2
+        finally:
+            monitor.close()

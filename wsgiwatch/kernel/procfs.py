@@ -19,6 +19,7 @@ __all__ = [
     "parse_start_ticks",
     "parse_stat",
     "pid_exists",
+    "process_running",
     "process_sample",
     "process_start_ticks",
     "socket_inodes",
@@ -122,6 +123,18 @@ def process_start_ticks(pid: int, procfs_root: str = "/proc") -> int | None:
     path = f"{procfs_root}/{pid}/stat"
     data = _read(path)
     return None if data is None else parse_start_ticks(data, path)
+
+
+def process_running(pid: int, start_ticks: int, procfs_root: str = "/proc") -> bool:
+    """Whether the process ``pid`` that started at ``start_ticks`` still runs: not gone, not
+    replaced by another process under its pid, and not a zombie (it has died; its parent
+    has not yet collected its exit status, and it holds no file any more)."""
+    path = f"{procfs_root}/{pid}/stat"
+    data = _read(path)
+    if data is None or parse_start_ticks(data, path) != start_ticks:
+        return False
+    state = data[data.rfind(b")") + 1 :].split()[0]
+    return state not in (b"Z", b"X")
 
 
 def process_sample(pid: int, procfs_root: str = "/proc") -> ProcessSample | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from wsgiwatch.errors import SpoolFormatError, SpoolNotReady
-from wsgiwatch.kernel.procfs import pid_exists, process_start_ticks
+from wsgiwatch.kernel.procfs import pid_exists, process_running
 from wsgiwatch.sidecar.detect import Run
 from wsgiwatch.spool import fate
 from wsgiwatch.spool import layout as fmt
@@ -91,7 +91,7 @@ class WorkerRegistry:
 
     def _alive(self, pid: int, start_ticks: int) -> bool:
         if start_ticks:
-            return process_start_ticks(pid, self.procfs_root) == start_ticks
+            return process_running(pid, start_ticks, self.procfs_root)
         return pid_exists(pid)
 
     def _free_index(self) -> int:

@@ -13,6 +13,7 @@ nothing; it is read without following links or blocking, and only if small.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import stat
 from collections.abc import Iterable
@@ -58,6 +59,15 @@ def write_note(spool_path: str, fate: str, requests: Iterable[int] = ()) -> None
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+def running_requests(mm: mmap.mmap, slot_count: int) -> list[int]:
+    """Request numbers on a spool's scoreboard (its writer's own mapping) right now."""
+    numbers = (
+        fmt.SLOT_REQUEST.unpack_from(mm, fmt.HEADER_SIZE + i * fmt.SLOT_SIZE)[0]
+        for i in range(slot_count)
+    )
+    return [n for n in numbers if n]
 
 
 def read_note(spool_path: str) -> Note | None:

@@ -14,6 +14,7 @@ import time
 
 from wsgiwatch.errors import SpoolFormatError
 from wsgiwatch.kernel.procfs import process_start_ticks
+from wsgiwatch.spool import fate
 from wsgiwatch.spool import layout as fmt
 from wsgiwatch.spool.reader import SpoolReader, list_spools
 from wsgiwatch.spool.writer import (
@@ -121,6 +122,18 @@ def remove_stale_spools(directory: str, *, now: float | None = None) -> int:
             except OSError:
                 pass  # another process removed it first
     return removed
+
+
+def note_fate(fate_name: str) -> None:
+    """Leave a note beside each spool of this process saying how it ends, and which of its
+    requests are in flight (gunicorn's abort and exit hooks call this). Never raises: the
+    server's own way out comes first."""
+    for writer in [w for w in list(_writers.values()) if w is not None]:
+        try:
+            running = fate.running_requests(writer.mm, writer.slot_count)
+            fate.write_note(writer.path, fate_name, running)
+        except Exception as exc:
+            logger.warning("worker.fate_not_noted: %s: %s", writer.path, exc)
 
 
 def _forget_after_fork() -> None:
