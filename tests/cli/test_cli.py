@@ -173,7 +173,8 @@ def test_sidecar_help_names_the_environment_variables(capsys):
         main(["sidecar", "--help"])
     assert exited.value.code == 0
     out = capsys.readouterr().out
-    for name in ("DIR", "LISTEN", "POLL_INTERVAL", "THRESHOLD", "PORTS", "LOG_FORMAT"):
+    names = ("DIR", "LISTEN", "POLL_INTERVAL", "THRESHOLD", "PORTS", "STUCK_AFTER", "LOG_FORMAT")
+    for name in names:
         assert f"[WSGIWATCH_{name}]" in out
     assert "monitor-factory" not in out  # for tests only
 
@@ -183,7 +184,11 @@ def test_sidecar_help_names_the_environment_variables(capsys):
 
 def test_build_monitor_passes_the_settings():
     settings = SidecarSettings(
-        poll_interval_s=0.2, threshold_s=0.125, listener_ports=(8000,), monitor_factory=FAKE
+        poll_interval_s=0.2,
+        threshold_s=0.125,
+        listener_ports=(8000,),
+        stuck_after_s=600.0,
+        monitor_factory=FAKE,
     )
     monitor = build_monitor(settings, "/spools")
     assert isinstance(monitor, FakeMonitor)
@@ -192,6 +197,7 @@ def test_build_monitor_passes_the_settings():
         "poll_interval_s": 0.2,
         "threshold_s": 0.125,
         "listener_ports": [8000],
+        "stuck_after_s": 600.0,
     }
 
 
@@ -299,6 +305,7 @@ def test_sidecar_configured_by_environment_only(tmp_path):
         "WSGIWATCH_POLL_INTERVAL": "0.2",
         "WSGIWATCH_THRESHOLD": "0.125",
         "WSGIWATCH_PORTS": "8000,8001",
+        "WSGIWATCH_STUCK_AFTER": "90",
         "WSGIWATCH_LOG_FORMAT": "console",
         "WSGIWATCH_MONITOR_FACTORY": FAKE,
     }
@@ -313,6 +320,7 @@ def test_sidecar_configured_by_environment_only(tmp_path):
         "poll_interval_s": 0.2,
         "threshold_s": 0.125,
         "listener_ports": [8000, 8001],
+        "stuck_after_s": 90.0,
     }
     assert proc.returncode == 0
     assert "sidecar.started" in stderr

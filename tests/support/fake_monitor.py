@@ -99,6 +99,7 @@ class FakeMonitor:
         poll_interval_s: float = 0.5,
         threshold_s: float = 0.05,
         listener_ports: Collection[int] | None = None,
+        stuck_after_s: float = 3600.0,
         poll_sleep_s: float = 0.0,
         fail_polls: bool = False,
     ) -> None:
@@ -107,6 +108,7 @@ class FakeMonitor:
             "poll_interval_s": poll_interval_s,
             "threshold_s": threshold_s,
             "listener_ports": None if listener_ports is None else list(listener_ports),
+            "stuck_after_s": stuck_after_s,
         }
         self.poll_sleep_s = poll_sleep_s
         self.fail_polls = fail_polls

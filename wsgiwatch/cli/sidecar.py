@@ -22,6 +22,8 @@ ENV_PREFIX = "WSGIWATCH_"
 DEFAULT_LISTEN = "127.0.0.1:9808"
 DEFAULT_POLL_INTERVAL_S = 0.5
 DEFAULT_THRESHOLD_S = 0.05
+#: A request running this long is taken for a slot a server never released (no close()).
+DEFAULT_STUCK_AFTER_S = 3600.0
 DEFAULT_MONITOR_FACTORY = "wsgiwatch.sidecar.monitor:Monitor"
 
 T = TypeVar("T")
@@ -40,6 +42,7 @@ class SidecarSettings:
     poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
     threshold_s: float = DEFAULT_THRESHOLD_S
     listener_ports: tuple[int, ...] | None = None
+    stuck_after_s: float = DEFAULT_STUCK_AFTER_S
     log_format: LogFormat = "json"
     monitor_factory: str = DEFAULT_MONITOR_FACTORY
 
@@ -128,6 +131,12 @@ def add_sidecar_options(parser: argparse.ArgumentParser) -> None:
         "PORT,...",
         "the server's listening ports (default: found from the workers' own sockets)",
     )
+    option(
+        "--stuck-after",
+        "SECONDS",
+        "a slot busy this long is reported as stuck (a server that never calls close()) "
+        f"and no longer counted as busy (default {DEFAULT_STUCK_AFTER_S:g})",
+    )
     option("--log-format", "{json,console}", "log lines as JSON objects or for humans (json)")
     # For tests and embedding: MODULE:CALLABLE building the monitor from the same keyword
     # arguments as wsgiwatch.sidecar.monitor.Monitor. Deliberately left out of --help.
@@ -176,6 +185,13 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Sidec
             lambda v: parse_seconds(v, positive=False),
         ),
         listener_ports=_setting(args, environ, "ports", None, parse_ports),
+        stuck_after_s=_setting(
+            args,
+            environ,
+            "stuck_after",
+            DEFAULT_STUCK_AFTER_S,
+            lambda v: parse_seconds(v, positive=True),
+        ),
         log_format=_setting(args, environ, "log_format", "json", parse_log_format),
         monitor_factory=_setting(args, environ, "monitor_factory", DEFAULT_MONITOR_FACTORY, str),
     )
@@ -201,10 +217,11 @@ def build_monitor(settings: SidecarSettings, spool_dir: str) -> MonitorProtocol:
         poll_interval_s=settings.poll_interval_s,
         threshold_s=settings.threshold_s,
         listener_ports=settings.listener_ports,
+        stuck_after_s=settings.stuck_after_s,
     )
     missing = [
         name
-        for name in ("poll", "collect", "incidents", "health")
+        for name in ("poll", "collect", "incidents", "health", "degraded")
         if not callable(getattr(monitor, name, None))
     ]
     if missing:
