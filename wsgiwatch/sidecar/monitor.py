@@ -7,8 +7,10 @@ This module only orchestrates; each step has a module of its own:
 :mod:`~wsgiwatch.sidecar.arrivals` (since when each request could have been served),
 :mod:`~wsgiwatch.sidecar.accounting` and :mod:`~wsgiwatch.sidecar.verdicts` (finished
 requests: counters, verdicts, incidents), :mod:`~wsgiwatch.sidecar.stalls` (live stalls),
+:mod:`~wsgiwatch.sidecar.losses` (requests that die with their worker),
 :mod:`~wsgiwatch.sidecar.processes` (CPU and memory), :mod:`~wsgiwatch.sidecar.collector`
-(the Prometheus families) and :mod:`~wsgiwatch.sidecar.views` (the JSON payloads).
+(the Prometheus families), :mod:`~wsgiwatch.sidecar.live_view` and
+:mod:`~wsgiwatch.sidecar.views` (the JSON payloads).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from wsgiwatch.sidecar.connections import Waiting
 from wsgiwatch.sidecar.detect import Run
 from wsgiwatch.sidecar.incidents import IncidentLog
 from wsgiwatch.sidecar.kernel_view import KernelView
+from wsgiwatch.sidecar.live_view import live_state
 from wsgiwatch.sidecar.losses import LostRequests
 from wsgiwatch.sidecar.processes import ProcessSampler
 from wsgiwatch.sidecar.stalls import Stall, find_stalls
@@ -37,10 +40,6 @@ from wsgiwatch.sidecar.views import (
     Incident,
     LiveState,
     RecentRequests,
-    SlotView,
-    StallView,
-    WorkerView,
-    peer_text,
 )
 from wsgiwatch.sidecar.workers import Worker, WorkerRegistry
 from wsgiwatch.spool import layout as fmt
@@ -223,61 +222,13 @@ class Monitor:
 
     def state(self) -> LiveState:
         """The live view (``wsgiwatch top``): workers and what each runs, stalls, backlog."""
-        now = time.monotonic_ns()
-        workers = [
-            self._worker_view(w, now) for w in sorted(self.registry.live(), key=lambda w: w.index)
-        ]
-        stalls: list[StallView] = [
-            {
-                "worker": w.index,
-                "peer": peer_text(s.peer_addr, s.peer_port)
-                if s.peer_addr != "unix"
-                else f"unix inode {s.peer_port}",
-                "age_s": max(0, now - s.arrival_ns) / 1e9,
-                "unread": s.unread,
-            }
-            for w, s in list(self.stalls)
-        ]
-        return {
-            "now_ns": now,
-            "wall_offset_ns": time.time_ns() - now,
-            "workers": workers,
-            "stalls": stalls,
-            "listeners": [
-                {"listener": name, "backlog": q, "limit": cap}
-                for name, (q, cap) in sorted(self.listen_backlog().items())
-            ],
-            "kernel": self.kernel_usable(),
-            "threshold_s": self.threshold_ns / 1e9,
-        }
-
-    @staticmethod
-    def _worker_view(w: Worker, now: int) -> WorkerView:
-        def slot_view(s: SlotState) -> SlotView:
-            return {
-                "request": s.request,
-                "method": s.method,
-                "path": s.path,
-                "peer": peer_text(s.peer, s.peer_port),
-                "tid": s.tid,
-                "running_s": max(0, now - s.entry_ns) / 1e9,
-            }
-
-        return {
-            "worker": w.index,
-            "pid": w.pid,
-            "ppid": w.ppid,
-            "capacity": w.capacity,
-            "busy": w.busy,
-            "server": w.header.server_software,
-            "accept_hook": w.header.accept_hook,
-            "cooperative": w.header.cooperative,
-            "accelerated": w.header.accelerated,
-            "multithread": bool(w.header.flags & fmt.HEADER_FLAG_MULTITHREAD),
-            "rss_bytes": w.rss,
-            "slots": [slot_view(s) for s in list(w.slots)],
-            "stuck": [slot_view(s) for s in list(w.stuck)],
-        }
+        return live_state(
+            self.registry.live(),
+            list(self.stalls),
+            self.listen_backlog(),
+            kernel=self.kernel_usable(),
+            threshold_s=self.threshold_ns / 1e9,
+        )
 
     def health(self) -> dict[str, Any]:
         return {
