@@ -22,7 +22,7 @@ from wsgiwatch.spool.reader import Record, SpoolReader, list_spools
 
 
 def start_ticks(pid: int) -> int:
-    """Field 22 of /proc/PID/stat, read here independently of wsgiwatch.kernel.procstat."""
+    """Field 22 of /proc/PID/stat, read here independently of wsgiwatch.kernel.procfs."""
     with open(f"/proc/{pid}/stat") as f:
         stat = f.read()
     return int(stat[stat.rindex(")") + 2 :].split()[19])
