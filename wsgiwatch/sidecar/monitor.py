@@ -182,6 +182,11 @@ class Monitor:
 
     def _note_unstarted(self, live: list[Worker], kernel_waiting: list[Waiting] | None) -> None:
         unstarted: dict[int, set[PeerKey]] = {w.pid: set() for w in live}
+        if kernel_waiting is not None and self.kernel is not None:
+            # A worker that is exiting has closed its sockets before it shows as dead: what
+            # the kernel saw of it last still stands.
+            for pid in unstarted.keys() - self.kernel.holding:
+                unstarted[pid] = set(self._unstarted.get(pid, ()))
         for item in kernel_waiting or ():
             if item.pid in unstarted:
                 unstarted[item.pid].add(peer_key(item.pid, item.peer_addr, item.peer_port))
