@@ -39,7 +39,6 @@ class KernelView:
         self.unix_unread: dict[int, list[UnixSocket]] = {}  # pid -> unread unix connections
         self.unix_first_seen: dict[int, int] = {}  # inode -> when we first saw it unread
         self.notices: tuple[str, ...] = ()
-        self.holding: set[int] = set()  # pids whose sockets the last dump could see
         self._error_logged = False
 
     def poll(
@@ -52,8 +51,6 @@ class KernelView:
         when the dump failed (counted as a notice and logged once)."""
         ports = self.listener_ports or None
         inodes = {w.pid: self.observer.socket_inodes(w.pid) for w in live}
-        # A worker holds at least its listener: none means it is exiting (or not ours).
-        self.holding = {pid for pid, held in inodes.items() if held}
         try:
             snapshot = self.observer.snapshot(tcp_ports=ports)
         except KernelError as exc:  # a reply we cannot parse: report it, keep the spools

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 import structlog
 
 from wsgiwatch.sidecar import accumulate as acc
+from wsgiwatch.sidecar.arrivals import PeerKey
 from wsgiwatch.sidecar.workers import Worker
 from wsgiwatch.spool.fate import FATES, KILLED, read_note
 from wsgiwatch.spool.reader import SlotState
@@ -75,3 +76,27 @@ class LostRequests:
                 ],
                 unstarted_connections=unstarted,
             )
+
+
+class Unstarted:
+    """Per worker, the connections it has accepted and not started, as the last two polls
+    saw them (kernel view and accept hook), less those answered meanwhile.
+
+    Two polls, because a dying process closes its sockets before it shows as dead: the
+    poll in between sees it alive holding nothing.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[int, tuple[set[PeerKey], set[PeerKey]]] = {}  # (now, before)
+        self._answered: dict[int, tuple[set[PeerKey], set[PeerKey]]] = {}
+
+    def seen(self, pid: int, waiting: set[PeerKey], answered: set[PeerKey]) -> None:
+        self._waiting[pid] = (waiting, self._waiting.get(pid, (set(), set()))[0])
+        self._answered[pid] = (answered, self._answered.get(pid, (set(), set()))[0])
+
+    def at_death(self, pid: int, running: set[PeerKey]) -> int:
+        """How many died with ``pid`` (``running``: the peers its last scoreboard shows,
+        counted as lost requests already). Forgets the pid."""
+        now, before = self._waiting.pop(pid, (set(), set()))
+        answered_now, answered_before = self._answered.pop(pid, (set(), set()))
+        return len((now | before) - running - answered_now - answered_before)

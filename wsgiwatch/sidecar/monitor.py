@@ -33,7 +33,7 @@ from wsgiwatch.sidecar.detect import Run
 from wsgiwatch.sidecar.incidents import IncidentLog
 from wsgiwatch.sidecar.kernel_view import KernelView
 from wsgiwatch.sidecar.live_view import live_state
-from wsgiwatch.sidecar.losses import LostRequests
+from wsgiwatch.sidecar.losses import LostRequests, Unstarted
 from wsgiwatch.sidecar.processes import ProcessSampler
 from wsgiwatch.sidecar.stalls import Stall, find_stalls
 from wsgiwatch.sidecar.views import (
@@ -46,6 +46,9 @@ from wsgiwatch.spool import layout as fmt
 from wsgiwatch.spool.reader import Record, SlotState
 
 log = structlog.get_logger("wsgiwatch.sidecar")
+
+
+Drained = dict[Worker, list[Record]]
 
 
 class Monitor:
@@ -85,7 +88,7 @@ class Monitor:
         self.losses = LostRequests(self.tallies.route)
         # Per live pid, the connections it had accepted and not started, at the last poll:
         # when it dies, they die with it.
-        self._unstarted: dict[int, set[PeerKey]] = {}
+        self._unstarted = Unstarted()
         self._stuck_logged: set[tuple[int, int]] = set()
         self.collector = SidecarCollector(self)
         self.stalls: list[Stall] = []
@@ -129,7 +132,7 @@ class Monitor:
             pending_accepts=self.arrivals.pending_accepts(),
             now=now,
         )
-        self._note_unstarted(live, kernel_waiting)
+        self._note_unstarted(live, kernel_waiting, drained)
         self.processes.sample(live)
         for worker in workers:
             if not worker.alive:  # drained above: its last records are in
@@ -180,13 +183,10 @@ class Monitor:
             )
         return result.records
 
-    def _note_unstarted(self, live: list[Worker], kernel_waiting: list[Waiting] | None) -> None:
+    def _note_unstarted(
+        self, live: list[Worker], kernel_waiting: list[Waiting] | None, drained: Drained
+    ) -> None:
         unstarted: dict[int, set[PeerKey]] = {w.pid: set() for w in live}
-        if kernel_waiting is not None and self.kernel is not None:
-            # A worker that is exiting has closed its sockets before it shows as dead: what
-            # the kernel saw of it last still stands.
-            for pid in unstarted.keys() - self.kernel.holding:
-                unstarted[pid] = set(self._unstarted.get(pid, ()))
         for item in kernel_waiting or ():
             if item.pid in unstarted:
                 unstarted[item.pid].add(peer_key(item.pid, item.peer_addr, item.peer_port))
@@ -197,14 +197,15 @@ class Monitor:
         for key, _ in self.arrivals.pending_accepts():
             if key[0] in unstarted:
                 unstarted[key[0]].add(key)
-        gone = {pid: keys for pid, keys in self._unstarted.items() if pid not in unstarted}
-        self._unstarted = {**gone, **unstarted}  # the dead keep theirs until retired
+        for worker in live:
+            answered = {peer_key(r.pid, r.peer, r.peer_port) for r in drained.get(worker, ())}
+            self._unstarted.seen(worker.pid, unstarted[worker.pid], answered)
 
     def _retire(self, worker: Worker, final_slots: list[SlotState], now: int) -> None:
-        unstarted = self._unstarted.pop(worker.pid, set())
+        running = {peer_key(worker.pid, s.peer, s.peer_port) for s in final_slots}
+        unstarted = self._unstarted.at_death(worker.pid, running)
         if worker.gone:  # its process ended: what it was running died with it
-            running = {peer_key(worker.pid, s.peer, s.peer_port) for s in final_slots}
-            self.losses.worker_gone(worker, final_slots, len(unstarted - running), now)
+            self.losses.worker_gone(worker, final_slots, unstarted, now)
         self._stuck_logged = {k for k in self._stuck_logged if k[0] != worker.pid}
         self.arrivals.forget(worker.pid)
         self.accountant.forget(worker.index)
