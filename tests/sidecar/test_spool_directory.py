@@ -1,0 +1,78 @@
+"""The spool directory removed under a real gunicorn and a real sidecar: the sidecar says so
+(/healthz ``degraded`` with the reason, a gauge, one log event), keeps answering, and takes
+the workers' spools up again once the directory is back."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from apps.client import fetch
+from structlog.testing import capture_logs
+from support.servers import gunicorn
+from support.sidecar_support import scrape, value
+
+from wsgiwatch.sidecar.monitor import Monitor
+from wsgiwatch.sidecar.server import SidecarServer
+from wsgiwatch.spool.reader import list_spools
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.05)
+
+
+def healthz(url: str) -> tuple[int, dict[str, Any]]:
+    with urllib.request.urlopen(url + "/healthz", timeout=5) as reply:
+        return reply.status, json.loads(reply.read())
+
+
+def test_the_directory_removed_and_back(spool_dir: str) -> None:
+    with gunicorn("apps.probe:application", spool_dir, workers=1) as server:
+        pid = fetch(server.port, "/r/before").pid
+        monitor = Monitor(spool_dir, use_kernel=False)
+        with capture_logs() as logs, SidecarServer(monitor, port=0, poll_interval_s=0.1) as side:
+            wait_until(lambda: healthz(side.url)[1]["workers"] == 1, "the worker seen")
+            assert healthz(side.url)[1]["status"] == "ok"
+
+            shutil.rmtree(spool_dir)
+            wait_until(lambda: healthz(side.url)[1]["status"] == "degraded", "degraded")
+            status, facts = healthz(side.url)
+            assert status == 200  # polls still succeed: degraded, not stale
+            (reason,) = facts["degraded_reasons"]
+            assert spool_dir in reason and "no worker is recorded" in reason
+            m = scrape(monitor)
+            assert value(m, "wsgiwatch_spool_directory_present") == 0
+            assert value(m, "wsgiwatch_workers") == 0
+            # The app is untouched: it still answers.
+            assert fetch(server.port, "/r/during").status == 200
+
+            # A new worker (the old one's spool went with the directory) makes its spool,
+            # and the directory with it.
+            os.kill(pid, signal.SIGKILL)
+
+            def new_worker() -> bool:
+                try:
+                    return fetch(server.port, "/r/after").pid != pid
+                except OSError:  # accepted by the worker as it was killed: try again
+                    return False
+
+            wait_until(new_worker, "a new worker")
+            wait_until(lambda: healthz(side.url)[1]["status"] == "ok", "recovered")
+            assert len(list_spools(spool_dir)) == 1
+            assert value(scrape(monitor), "wsgiwatch_spool_directory_present") == 1
+            wait_until(
+                lambda: "/r/after" in [r["route"] for r in monitor.recent_requests()["requests"]],
+                "the new worker's requests counted",
+            )
+        names = [e["event"] for e in logs if e["event"].startswith("spool.directory")]
+        assert names == ["spool.directory_missing", "spool.directory_back"]  # once each
