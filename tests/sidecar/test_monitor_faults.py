@@ -26,6 +26,7 @@ from support.sidecar_support import (
     value,
 )
 
+from wsgiwatch.errors import SpoolFormatError
 from wsgiwatch.sidecar.monitor import Monitor
 from wsgiwatch.sidecar.poll_loop import PollLoop
 from wsgiwatch.spool import fate
@@ -274,3 +275,33 @@ def test_a_long_request_under_the_limit_is_busy(scene: Scene) -> None:
     m = scrape(monitor)
     assert value(m, "wsgiwatch_worker_busy", worker="0") == 1
     assert value(m, "wsgiwatch_stuck_requests", worker="0") == 0
+
+
+# --- a spool that fails under the reader ------------------------------------------------------
+def test_a_spool_failing_mid_poll_is_dropped_and_the_others_read(
+    scene: Scene, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad, good = scene.worker(W1), scene.worker(W2)
+    finish(good, Req(scene.now - 2 * S, scene.now - S, "/good"))
+    monitor = scene.monitor()
+    monitor.poll()
+    (victim,) = [w for w in monitor.registry.live() if w.pid == W1]
+
+    def fail() -> list[object]:
+        raise SpoolFormatError(f"{bad.path}: file shrank under the reader")
+
+    monkeypatch.setattr(victim.reader, "read_accepts", fail)
+    finish(good, Req(scene.now - S, scene.now, "/good"))
+    with capture_logs() as logs:
+        monitor.poll()
+    assert [w.pid for w in monitor.registry.live()] == [W2]
+    m = scrape(monitor)
+    assert value(m, "wsgiwatch_requests_total", route="/good", status_class="2xx") == 2
+    assert value(m, "wsgiwatch_spool_errors_total") == 1
+    (event,) = events(logs, "spool.read_failed")
+    assert event["path"] == bad.path and "shrank" in str(event["error"])
+    monitor.poll()  # the same file, unchanged: not reopened, not counted again
+    assert value(scrape(monitor), "wsgiwatch_spool_errors_total") == 1
+    os.utime(bad.path, ns=(time.time_ns(), time.time_ns() + 10**9))  # written anew
+    monitor.poll()
+    assert sorted(w.pid for w in monitor.registry.live()) == [W1, W2]

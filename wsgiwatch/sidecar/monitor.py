@@ -16,12 +16,13 @@ requests: counters, verdicts, incidents), :mod:`~wsgiwatch.sidecar.stalls` (live
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Iterable
-from typing import Any
+from collections.abc import Callable, Collection, Iterable
+from typing import Any, TypeVar
 
 import structlog
 from prometheus_client.metrics_core import Metric
 
+from wsgiwatch.errors import SpoolFormatError
 from wsgiwatch.kernel import KernelObserver
 from wsgiwatch.kernel import supported as kernel_supported
 from wsgiwatch.sidecar import accumulate as acc
@@ -49,6 +50,7 @@ log = structlog.get_logger("wsgiwatch.sidecar")
 
 
 Drained = dict[Worker, list[Record]]
+T = TypeVar("T")
 
 
 class Monitor:
@@ -102,23 +104,28 @@ class Monitor:
     def poll(self) -> None:
         started = time.monotonic()
         self.registry.refresh()
-        workers = list(self.registry.workers.values())
-        live = [w for w in workers if w.alive]
         now = time.monotonic_ns()
         wall_offset = time.time_ns() - now
-        final_slots = {w: self._read_scoreboard(w, now) for w in workers}
+        final_slots: dict[Worker, list[SlotState]] = {}
+        for worker in list(self.registry.workers.values()):
+            slots = self._guarded(worker, self._read_scoreboard, now)
+            if slots is not None:
+                final_slots[worker] = slots
+        workers = list(final_slots)
+        live = [w for w in workers if w.alive]
         kernel_waiting = None
         if self.kernel is not None:
             answered = {w.pid: self.accountant.answered(w.index) or () for w in live}
             if self.kernel.poll(live, answered, now) is not None:
                 kernel_waiting = self.kernel.waiting
                 self.arrivals.waiting(kernel_waiting, now)
+        drained: Drained = {}
         for worker in workers:
-            events = worker.reader.read_accepts()
-            if events:
-                self.tallies.accepted.inc((str(worker.index),), float(len(events)))
-            self.arrivals.accepted(worker.pid, events, serving(worker.slots), now)
-        drained = {w: self._read_records(w) for w in workers}
+            records = self._guarded(worker, self._read_new, now)
+            if records is not None:
+                drained[worker] = records
+        workers = list(drained)
+        live = [w for w in workers if w.alive]
         finished = [(w, r) for w, records in drained.items() for r in records]
         finished.sort(key=lambda item: item[1].exit_ns)
         for worker, record in finished:
@@ -141,6 +148,24 @@ class Monitor:
         self.last_poll_mono = time.monotonic()
         self.last_poll_duration = self.last_poll_mono - started
         self.poll_durations.observe((), self.last_poll_duration)
+
+    def _guarded(self, worker: Worker, read: Callable[[Worker, int], T], now: int) -> T | None:
+        """``read()`` of one worker's spool; None if the file failed under us (truncated,
+        overwritten): that worker is dropped, counted and logged, the poll goes on."""
+        try:
+            return read(worker, now)
+        except SpoolFormatError as exc:
+            self.arrivals.forget(worker.pid)
+            self.registry.drop(worker, exc)
+            return None
+
+    def _read_new(self, worker: Worker, now: int) -> list[Record]:
+        """Accept events and finished records since the last poll."""
+        events = worker.reader.read_accepts()
+        if events:
+            self.tallies.accepted.inc((str(worker.index),), float(len(events)))
+        self.arrivals.accepted(worker.pid, events, serving(worker.slots), now)
+        return self._read_records(worker)
 
     def _read_scoreboard(self, worker: Worker, now: int) -> list[SlotState]:
         """Read what the worker runs now; returns the raw slots (a dead worker's last)."""

@@ -199,6 +199,21 @@ class WorkerRegistry:
         self._bad.pop(path, None)
         log.info("spool.removed", path=path, reason=reason)
 
+    def drop(self, worker: Worker, error: SpoolFormatError) -> None:
+        """Stop following a spool that failed under the reader (truncated or overwritten
+        while we read it): counted and logged once; reopened, under a new index, once the
+        file changes into one that reads."""
+        path = worker.reader.path
+        self.workers.pop(path, None)
+        h = worker.header
+        self.retired_lost += worker.last_lost + h.slots_exhausted + h.write_errors
+        worker.reader.close()
+        self.spool_errors += 1
+        mtime = _mtime(path)
+        if mtime is not None:
+            self._bad[path] = mtime
+        log.warning("spool.read_failed", path=path, worker=worker.index, error=str(error))
+
     def retire(self, worker: Worker) -> None:
         """Forget a dead worker whose spool was drained, and remove its file (and the note
         on its fate it may have left)."""
