@@ -460,4 +460,4 @@ def test_install_without_a_compiler_still_succeeds(tmp_path: Any) -> None:
         timeout=60,
     )
     assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.strip() == str(installed / "wsgiwatch" / "middleware.py")
+    assert ran.stdout.strip() == str(installed / "wsgiwatch" / "worker" / "middleware.py")

@@ -22,17 +22,14 @@ from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
 from wsgiwatch.cli.client import Metrics, SidecarClient, SidecarUnreachable
-from wsgiwatch.cli.diagnose import EXIT_UNREACHABLE, sidecar_url
+from wsgiwatch.cli.common import EXIT_UNREACHABLE, add_sidecar_options, sidecar_url
+from wsgiwatch.cli.common import seconds_text as _ms
 
 Line = tuple[str, str]  # (text, style): style is "", "bold", "dim", "red", "yellow", "head"
 
 _SGR = {"": "", "bold": "1", "dim": "2", "red": "1;31", "yellow": "33", "head": "7"}
 #: A slot running this long is shown in yellow.
 LONG_RUN_S = 1.0
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
 def _mb(rss: Any) -> str:
@@ -213,11 +210,7 @@ def register(subparsers: Any) -> None:
         "Keys: q quits, space or r refreshes now. Exit status: 0, or 2 with --once when "
         "the sidecar could not be read.",
     )
-    parser.add_argument(
-        "--url",
-        default=None,
-        help="the sidecar's address (default: $WSGIWATCH_URL or http://127.0.0.1:9808)",
-    )
+    add_sidecar_options(parser, timeout_s=2.0)
     parser.add_argument(
         "-n",
         "--interval",
@@ -227,9 +220,6 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--once", action="store_true", help="print one frame to standard output and exit"
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=2.0, help="seconds to wait for the sidecar (default 2)"
     )
     parser.set_defaults(handler=command)
 
