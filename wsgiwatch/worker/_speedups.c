@@ -126,7 +126,7 @@ static struct {
     PyObject *wrap_other;      /* wrap_other(call, environ, result): streams, files */
     PyObject *python_call;     /* the pure-Python __call__(watch, environ, start_response) */
     PyObject *log_error;       /* log_internal_error(exception): logs once */
-    PyObject *check_spool;     /* check_spool(dir, now_ns): replaces a lost spool */
+    PyObject *check_spool;     /* check_spool(spool, now_ns): retires a lost spool */
 } py;
 
 static PyObject *s_REMOTE_ADDR, *s_REMOTE_PORT, *s_PATH_INFO, *s_SCRIPT_NAME,
