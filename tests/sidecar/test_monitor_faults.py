@@ -305,3 +305,24 @@ def test_a_spool_failing_mid_poll_is_dropped_and_the_others_read(
     os.utime(bad.path, ns=(time.time_ns(), time.time_ns() + 10**9))  # written anew
     monitor.poll()
     assert sorted(w.pid for w in monitor.registry.live()) == [W1, W2]
+
+
+def test_a_spool_made_anew_at_the_same_path_is_followed(scene: Scene) -> None:
+    """A worker that lost its file (removed, or the directory with it) makes a new one under
+    the same name: the sidecar must read the new file, not the old one it still holds."""
+    w = scene.worker(W1)
+    finish(w, Req(scene.now - 3 * S, scene.now - 2 * S, "/old"))
+    monitor = scene.monitor()
+    monitor.poll()
+    os.unlink(w.path)
+    w2 = make_spool(scene.dir, W1, start_ticks=1000, capacity=2, slot_count=4)
+    assert w2.path == w.path
+    finish(w2, Req(scene.now - S, scene.now, "/new"))
+    with capture_logs() as logs:
+        monitor.poll()
+        monitor.poll()
+    m = scrape(monitor)
+    assert value(m, "wsgiwatch_requests_total", route="/new", status_class="2xx") == 1
+    assert [x.pid for x in monitor.registry.live()] == [W1]
+    assert value(m, "wsgiwatch_worker_deaths_total", fate="killed") == 0  # it lives on
+    assert events(logs, "worker.lost") == []

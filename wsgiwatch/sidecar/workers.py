@@ -32,6 +32,7 @@ class Worker:
     index: int
     reader: SpoolReader
     header: SpoolHeader
+    inode: int  # of the file when opened: a file made anew at the same path is another
     alive: bool = True  # its process lives and its spool is still there
     gone: bool = False  # its process ended (not just its file removed)
     history: collections.deque[Run] = field(
@@ -128,9 +129,10 @@ class WorkerRegistry:
             worker.alive = self._alive(worker.pid, worker.reader.start_ticks)
             worker.gone = not worker.alive
         for path, worker in list(self.workers.items()):
-            if path not in entries:
-                # Removed behind our back (the directory with it, perhaps): nothing more to
-                # read, but its process may live on and write a new one.
+            if path not in entries or _inode(entries[path]) != worker.inode:
+                # Removed behind our back (the directory with it, perhaps), or replaced by a
+                # new file its worker made after losing this one: nothing more to read here,
+                # but its process may live on (the new file is opened once this one retires).
                 worker.alive = False
                 worker.gone = not self._alive(worker.pid, worker.reader.start_ticks)
         for path in [p for p in self._bad if p not in entries]:
@@ -184,7 +186,7 @@ class WorkerRegistry:
                 self._remove(path, "unreadable")
             return None
         self._bad.pop(path, None)
-        worker = Worker(self._free_index(), reader, reader.header())
+        worker = Worker(self._free_index(), reader, reader.header(), _inode(entry))
         self.workers[path] = worker
         return worker
 
@@ -216,17 +218,22 @@ class WorkerRegistry:
 
     def retire(self, worker: Worker) -> None:
         """Forget a dead worker whose spool was drained, and remove its file (and the note
-        on its fate it may have left)."""
+        on its fate it may have left) unless a new file has taken its name."""
         path = worker.reader.path
         self.workers.pop(path, None)
         h = worker.header
         self.retired_lost += worker.last_lost + h.slots_exhausted + h.write_errors
         worker.reader.close()
-        for name in (path, fate.note_path(path)):
+        try:
+            ours = os.lstat(path).st_ino == worker.inode
+        except OSError:
+            ours = False  # removed behind our back
+        doomed = ([path] if ours else []) + ([fate.note_path(path)] if worker.gone else [])
+        for name in doomed:
             try:
                 os.unlink(name)
             except FileNotFoundError:
-                pass  # removed behind our back, or (a note) never written
+                pass  # (a note) never written: most workers die without a word
             except OSError as exc:
                 log.warning("spool.remove_failed", path=name, error=str(exc))
 
@@ -237,6 +244,13 @@ class WorkerRegistry:
         for worker in self.workers.values():
             worker.reader.close()
         self.workers.clear()
+
+
+def _inode(entry: os.DirEntry[str]) -> int:
+    try:
+        return entry.inode()
+    except OSError:
+        return 0
 
 
 def _mtime(path: str) -> int | None:
