@@ -76,3 +76,27 @@ def test_the_directory_removed_and_back(spool_dir: str) -> None:
             )
         names = [e["event"] for e in logs if e["event"].startswith("spool.directory")]
         assert names == ["spool.directory_missing", "spool.directory_back"]  # once each
+
+
+def test_workers_that_lose_the_directory_are_followed_again(spool_dir: str) -> None:
+    """Removed under load: each worker notices its file is gone and makes a new one (the
+    directory with it); the sidecar follows the new files and counts their requests."""
+    with gunicorn("apps.probe:application", spool_dir, workers=1) as server:
+        monitor = Monitor(spool_dir, use_kernel=False)
+        with SidecarServer(monitor, port=0, poll_interval_s=0.1) as side:
+            fetch(server.port, "/r/before")
+            wait_until(lambda: healthz(side.url)[1]["workers"] == 1, "the worker seen")
+            shutil.rmtree(spool_dir)
+            wait_until(lambda: healthz(side.url)[1]["status"] == "degraded", "degraded")
+            n = 0
+
+            def counted_again() -> bool:
+                nonlocal n
+                n += 1
+                assert fetch(server.port, f"/r/after{n}").status == 200
+                routes = {r["route"] for r in monitor.recent_requests()["requests"]}
+                return any(route.startswith("/r/after") for route in routes)
+
+            wait_until(counted_again, "requests counted from the new spool")
+            wait_until(lambda: healthz(side.url)[1]["status"] == "ok", "recovered")
+            assert value(scrape(monitor), "wsgiwatch_workers") == 1
