@@ -35,6 +35,8 @@ STUCK_ENTRY_TIMEOUT_NS = 2_000_000_000
 #: request): a ring head further ahead of the cursor than this pace allows since the last
 #: read was not written by a worker, and is not followed.
 MAX_RECORDS_PER_S = 10_000_000
+#: The pace above is applied over at least this long (clock reads a few us apart).
+MIN_ELAPSED_NS = 1_000_000
 #: Most ring entries one call copies and decodes (bounds the memory of one call).
 READ_BATCH = 16_384
 #: Ring entries per copy when reading the stamps of a whole ring (after an implausible head).
@@ -230,7 +232,9 @@ class SpoolReader:
         except BaseException:
             self.close()
             raise
+        # Heads already seen bound the next ones (with the time since): see _checked_head.
         self._records_read_ns = self._accepts_read_ns = now
+        self._ring_head_seen, self._accept_head_seen = head, accept_head
 
     def close(self) -> None:
         if not self._closed:
@@ -272,10 +276,13 @@ class SpoolReader:
         )
         return oldest
 
-    def _checked_head(self, name: str, head: int, cursor: int, cap: int, elapsed_ns: int) -> int:
-        """``head`` when a worker could have published that far since ``cursor`` was read
-        (``elapsed_ns`` ago), else the highest sequence the ring's stamps show (counted)."""
-        bound = cursor + cap + MAX_RECORDS_PER_S * max(0, elapsed_ns) // 1_000_000_000
+    def _checked_head(self, name: str, head: int, seen: int, cap: int, elapsed_ns: int) -> int:
+        """``head`` when a worker could have published that far since the reader saw
+        ``seen`` (its cursor or the last head it accepted, ``elapsed_ns`` ago), else the
+        highest sequence the ring's stamps show (counted in :attr:`resyncs`)."""
+        elapsed_ns = max(elapsed_ns, MIN_ELAPSED_NS)
+        bound = seen + cap + MAX_RECORDS_PER_S * elapsed_ns // 1_000_000_000
+        cursor = seen
         if head <= bound:
             return head
         if name == "ring_head":
@@ -368,11 +375,11 @@ class SpoolReader:
         head = self._checked_head(
             "ring_head",
             u64(counters, fmt.OFF_RING_HEAD)[0],
-            self.cursor,
+            max(self.cursor, self._ring_head_seen),
             ring,
             wall_now - self._records_read_ns,
         )
-        self._records_read_ns = wall_now
+        self._records_read_ns, self._ring_head_seen = wall_now, head
         i = self.cursor = self._checked_cursor("cursor", self.cursor, head, ring)
         lost = torn = 0
         if head > i + ring:
@@ -502,11 +509,11 @@ class SpoolReader:
         head = self._checked_head(
             "accept_head",
             fmt.U64.unpack_from(self._read(8, fmt.OFF_ACCEPT_HEAD), 0)[0],
-            self.accept_cursor,
+            max(self.accept_cursor, self._accept_head_seen),
             cap,
             now - self._accepts_read_ns,
         )
-        self._accepts_read_ns = now
+        self._accepts_read_ns, self._accept_head_seen = now, head
         self.accept_cursor = self._checked_cursor("accept cursor", self.accept_cursor, head, cap)
         i = max(self.accept_cursor, head - cap)
         count = max(0, head - i)
