@@ -240,6 +240,9 @@ class BoundedHTTPServer:
             elif len(conn.buf) > self.max_request_bytes:
                 self._reject(conn, 431, "request headers too large")
             return
+        if end > self.max_request_bytes:
+            self._reject(conn, 431, "request headers too large")
+            return
         head = bytes(conn.buf[:end])
         del conn.buf[: end + 4]
         try:
