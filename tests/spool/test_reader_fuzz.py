@@ -17,7 +17,7 @@ import tracemalloc
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from wsgiwatch.errors import SpoolFormatError
@@ -235,6 +235,8 @@ def test_any_geometry_is_checked_before_anything_is_sized_from_it(
     cursor=st.one_of(st.integers(0, 2**64 - 1), st.just(11)),
     accept_head=st.integers(0, 2**64 - 1),
 )
+@example(head=104, cursor=11, accept_head=0)  # a plausible head just past the ring
+@example(head=2**63, cursor=2**63 - RING, accept_head=2**63)  # the cursor once saved
 def test_forged_heads_and_cursors_never_poison_the_reader(
     pristine: bytes, fuzz_dir: str, head: int, cursor: int, accept_head: int
 ) -> None:
@@ -253,10 +255,12 @@ def test_forged_heads_and_cursors_never_poison_the_reader(
         age_s = (time.monotonic_ns() - reader.header().created_mono_ns) // 10**9 + 1
         assert first.lost <= RING + MAX_RECORDS_PER_S * age_s
         # The worker goes on from its own counter (seq 11), writing head after each record
-        # as it always does. A forged head the reader found plausible may cost it the
-        # records up to there (counted lost), but never more than a head can trail the
-        # newest stamps (the slots, plus 64): past that, it reads the worker again.
+        # as it always does, and the reader polls after each. A forged head the reader found
+        # plausible may cost it the records up to there (counted lost), but it waits for the
+        # worker no longer than a head can trail the newest stamps (the slots, plus 64):
+        # further, it resynchronises. Either way it ends up reading the worker again.
         last = 11 + RING + SLOTS + 64 + RING
+        routes: list[str] = []
         with open(path, "r+b") as f:
             for seq in range(11, last + 1):
                 f.seek(RECORD_BASE + (seq % RING) * fmt.RECORD_SIZE)
@@ -268,5 +272,6 @@ def test_forged_heads_and_cursors_never_poison_the_reader(
                 )
                 f.seek(fmt.OFF_RING_HEAD)
                 f.write(fmt.U64.pack(seq + 1))
-        routes = [r.route for r in reader.read_records(now_ns=2**62).records]
+                f.flush()
+                routes += [r.route for r in reader.read_records(now_ns=2**62).records]
         assert f"/after/{last}" in routes
