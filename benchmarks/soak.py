@@ -45,6 +45,8 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
+# Rows appear as they come, also when the output goes to a file.
+sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
 HERE = os.path.dirname(os.path.abspath(__file__))
 VENV_BIN = os.path.dirname(sys.executable)
 POLL_INTERVAL_S = 0.5

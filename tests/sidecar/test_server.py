@@ -6,6 +6,7 @@ import gzip
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -523,7 +524,15 @@ def test_peer_addresses_can_be_hidden_everywhere_in_the_api(start):
     with hidden:
         for path in ("/api/requests", "/api/incidents", "/api/state"):
             text = request(hidden, path).text
-            assert "127.0.0.1:5000" not in text, path
-        assert request(hidden, "/api/state").json()["stalls"][0]["peer"] == "hidden"  # type: ignore[index]
+            assert "127.0.0.1:5000" not in text, path  # the clients' (the server's stays)
+        state = request(hidden, "/api/state").json()
+        (stall,) = state["stalls"]  # type: ignore[misc]
         requests = request(hidden, "/api/requests").json()["requests"]
-        assert all(r["peer"] == "hidden" for r in requests)  # type: ignore[union-attr,index]
+        names = [r["peer"] for r in requests]  # type: ignore[union-attr,index]
+        # One name per connection, stable across calls, different per connection.
+        assert all(re.fullmatch(r"peer-[0-9a-f]{12}", n) for n in names)
+        assert len(set(names)) == len({r["peer"] for r in RECENT})
+        again = request(hidden, "/api/requests").json()["requests"]
+        assert [r["peer"] for r in again] == names  # type: ignore[union-attr,index]
+        # 127.0.0.1:50001 is the second request's connection: the same name in every view.
+        assert stall["peer"] == names[1]

@@ -24,14 +24,17 @@ Routes:
 
 Client addresses: ``/api/requests``, ``/api/incidents`` and ``/api/state`` show each
 request's ``peer`` (the client's address and port, as the worker saw it: the front proxy's
-behind one). ``peer_addresses=False`` (``wsgiwatch sidecar --peer-addresses hide``) puts
-``"hidden"`` there instead; nothing else about a client is ever recorded or served.
+behind one). ``peer_addresses=False`` (``wsgiwatch sidecar --peer-addresses hide``) puts a
+keyed hash there instead (:class:`PeerPseudonyms`); nothing else about a client is ever
+recorded or served (docs/privacy.md).
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
+import secrets
 import signal
 import socket
 import threading
@@ -64,21 +67,33 @@ SHUTDOWN_POLL_S = 0.1
 #: and threads that answer requests (one more thread does all the socket I/O).
 DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_HTTP_WORKERS = 2
-#: What ``peer_addresses=False`` puts where a client's address and port were.
-PEER_HIDDEN = "hidden"
 
 
-def without_peers(data: Any) -> Any:
-    """``data`` with every ``peer`` value (a client's address and port, in the JSON views)
-    replaced by :data:`PEER_HIDDEN`, at any depth (requests, their blockers, stalls)."""
-    if isinstance(data, dict):
-        return {
-            key: PEER_HIDDEN if key == "peer" else without_peers(value)
-            for key, value in data.items()
-        }
-    if isinstance(data, list):
-        return [without_peers(item) for item in data]
-    return data
+class PeerPseudonyms:
+    """What ``peer_addresses=False`` puts where a client's address and port were: a keyed
+    hash (``peer-`` and 12 hex digits), so one connection keeps one name (``diagnose``
+    still counts connections per worker, ``timeline`` still tells clients apart) while the
+    address cannot be recovered or matched across sidecar restarts (a new random key each
+    time)."""
+
+    def __init__(self) -> None:
+        self._key = secrets.token_bytes(16)
+
+    def name(self, peer: str) -> str:
+        digest = hashlib.blake2b(peer.encode(), key=self._key, digest_size=6).hexdigest()
+        return f"peer-{digest}"
+
+    def scrub(self, data: Any) -> Any:
+        """``data`` with every ``peer`` value replaced, at any depth (requests, their
+        blockers, incidents' victims, stalls)."""
+        if isinstance(data, dict):
+            return {
+                key: self.name(str(value)) if key == "peer" and value else self.scrub(value)
+                for key, value in data.items()
+            }
+        if isinstance(data, list):
+            return [self.scrub(item) for item in data]
+        return data
 
 
 class _LoopCollector:
@@ -118,6 +133,7 @@ class SidecarApp:
         self.monitor = monitor
         self.loop = loop
         self.peer_addresses = peer_addresses
+        self._pseudonyms = PeerPseudonyms()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(monitor)
         self.registry.register(_LoopCollector(loop))
@@ -142,6 +158,9 @@ class SidecarApp:
         else:
             response = handler(request)
         return response(environ, start_response)
+
+    def _peers(self, data: Any) -> Any:
+        return data if self.peer_addresses else self._pseudonyms.scrub(data)
 
     def metrics(self, request: Request) -> Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
@@ -180,7 +199,7 @@ class SidecarApp:
         except Exception:
             log.exception("sidecar.incidents_failed")
             return _json({"error": "reading incidents failed, see the sidecar's log"}, 500)
-        return _json({"incidents": found if self.peer_addresses else without_peers(found)})
+        return _json({"incidents": self._peers(found)})
 
     def requests(self, request: Request) -> Response:
         raw = request.args.get("since", str(DEFAULT_SINCE_S))
@@ -197,7 +216,7 @@ class SidecarApp:
         except Exception:
             log.exception("sidecar.requests_failed")
             return _json({"error": "reading recent requests failed, see the sidecar's log"}, 500)
-        return _json(found if self.peer_addresses else without_peers(found))
+        return _json(self._peers(found))
 
     def state(self, request: Request) -> Response:
         try:
@@ -205,7 +224,7 @@ class SidecarApp:
         except Exception:
             log.exception("sidecar.state_failed")
             return _json({"error": "reading the live state failed, see the sidecar's log"}, 500)
-        return _json(found if self.peer_addresses else without_peers(found))
+        return _json(self._peers(found))
 
 
 class SidecarServer:

@@ -85,12 +85,7 @@ def fold_segment(part: str) -> str:
         return part
     if _ID_LIKE.match(part):
         return ID_SEGMENT
-    if (
-        len(part) >= LONG_SEGMENT
-        or _JWT.match(part)
-        or _OPAQUE.match(part)
-        or _looks_random(part)
-    ):
+    if len(part) >= LONG_SEGMENT or _JWT.match(part) or _OPAQUE.match(part) or _looks_random(part):
         return TOKEN_SEGMENT
     if "=" in part or "&" in part:
         return PARAM_SEGMENT
