@@ -156,10 +156,11 @@ def main() -> None:
     base = statistics.median(times["mmap (before)"])
     for name, series in times.items():
         med = statistics.median(series)
+        records = args.workers * args.records
+        per_record = f"  {med / records * 1e6:.2f} us per record" if records else ""
         print(
             f"  {name:14s} {med * 1e3:7.2f} ms per poll  ({min(series) * 1e3:.2f}-"
-            f"{max(series) * 1e3:.2f})  {med / base:.2f}x  "
-            f"{med / (args.workers * args.records) * 1e6:.2f} us per record"
+            f"{max(series) * 1e3:.2f})  {med / base:.2f}x{per_record}"
         )
 
 
