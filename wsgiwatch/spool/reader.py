@@ -463,23 +463,23 @@ class SpoolReader:
         """The requests running now, one per busy slot."""
         size = fmt.SLOT_SIZE
         total = self._slot_count * size
-        # A slot is rewritten in one store: two equal copies are one consistent state.
-        first = self._read(total, fmt.HEADER_SIZE)
-        second = self._read(total, fmt.HEADER_SIZE)
+        # A slot is rewritten in one store: two equal copies are one consistent state. The
+        # whole board is copied once; busy slots (usually few) once more each.
+        board = self._read(total, fmt.HEADER_SIZE)
         busy: list[SlotState] = []
         for index in range(self._slot_count):
             at = index * size
-            if fmt.SLOT_REQUEST.unpack_from(second, at)[0] == 0:
+            if fmt.SLOT_REQUEST.unpack_from(board, at)[0] == 0:
                 continue
-            image = second[at : at + size]
-            if first[at : at + size] != image:
-                for _attempt in range(2):
-                    offset = fmt.HEADER_SIZE + at
-                    image = self._read(size, offset)
-                    if image == self._read(size, offset):
-                        break
-                else:
-                    continue
+            offset = fmt.HEADER_SIZE + at
+            image = board[at : at + size]
+            for _attempt in range(3):
+                again = self._read(size, offset)
+                if again == image:
+                    break
+                image = again
+            else:
+                continue
             (request, entry, accept, arrival, tid, peer_port, method, source, peer, path) = (
                 fmt.SLOT.unpack(image)
             )
