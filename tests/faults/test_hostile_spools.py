@@ -125,3 +125,25 @@ def test_gunicorn_and_the_sidecar_carry_on_next_to_every_hostile_file(spool_dir:
         assert _rss_kb(sc.proc.pid) < 150_000  # 4M crafted slots once took it past 256 MB
         status, _ = _get(f"http://127.0.0.1:{port}/healthz")
         assert status == 200
+
+
+def test_a_forged_ring_head_does_not_stop_the_sidecar_reading_a_worker(spool_dir: str) -> None:
+    """An 8-byte write (ring_head = 2**63) into a live worker's spool once made the sidecar
+    jump its cursor there and save it: that worker was never read again, and the dropped
+    counter read 9.2e18. Now the head is not believed, and nothing is lost."""
+    sidecar_server, port = sidecar(spool_dir)
+    with gunicorn("apps.basic:application", spool_dir) as app, sidecar_server:
+        for i in range(5):
+            _get(f"{app.url}/fast/{i}")
+        wait_until(lambda: _metric(port, "wsgiwatch_requests_total") == 5, timeout=15)
+        (path,) = list_spools(spool_dir)
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, fmt.U64.pack(2**63), fmt.OFF_RING_HEAD)
+        finally:
+            os.close(fd)
+        time.sleep(1.0)  # a few polls see the forged head before the worker writes again
+        for i in range(10):
+            _get(f"{app.url}/fast/after/{i}")
+        wait_until(lambda: _metric(port, "wsgiwatch_requests_total") == 15, timeout=15)
+        assert _metric(port, "wsgiwatch_spool_records_dropped_total") == 0
