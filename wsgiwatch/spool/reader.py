@@ -241,6 +241,11 @@ class SpoolReader:
             self._closed = True
             os.close(self._fd)
 
+    def __del__(self) -> None:
+        # A reader dropped without close() (as a mapping was unmapped when collected).
+        if not getattr(self, "_closed", True):
+            self.close()
+
     def __enter__(self) -> SpoolReader:
         return self
 
