@@ -26,6 +26,7 @@ __all__ = [
     "SpoolNotReady",
     "SpoolReader",
     "list_spools",
+    "queue_wait_ns",
 ]
 
 #: An entry claimed but still unwritten this long after a later one was published belongs
@@ -41,6 +42,13 @@ MIN_ELAPSED_NS = 1_000_000
 READ_BATCH = 16_384
 #: Ring entries per copy when reading the stamps of a whole ring (after an implausible head).
 SCAN_CHUNK = 4096
+
+
+def queue_wait_ns(entry_ns: int, ready_ns: int) -> int:
+    """Queue wait as DESIGN.md defines it: entry - max(accept, arrival), where ``ready_ns``
+    is that max, from whichever source knows it. Never negative: clocks of different
+    sources may disagree by a jiffy."""
+    return max(0, entry_ns - ready_ns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +133,7 @@ class Record:
     def queue_wait_ns(self) -> int | None:
         """entry - max(accept, arrival), when either is known from the worker itself."""
         ready = self.ready_ns
-        return max(0, self.entry_ns - ready) if ready else None
+        return queue_wait_ns(self.entry_ns, ready) if ready else None
 
     @property
     def reused_connection(self) -> bool:
