@@ -477,11 +477,14 @@ def test_odd_environ_never_raises_and_is_recorded(watch_dir: str, name: str) -> 
 
 def test_huge_path_is_cut_on_a_character_boundary(watch_dir: str) -> None:
     watched = WSGIWatch(_simple_app, spool_dir=watch_dir, **SMALL)
-    # "/" and 100 two-byte characters, as a server hands UTF-8 over (latin-1 in a str)
-    path = ("/" + "\u00e9" * 100).encode().decode("latin-1")
+    # Segments of 15 two-byte characters (shorter than a folded long segment), as a server
+    # hands UTF-8 over (latin-1 in a str)
+    segment = "\u00e9" * 15
+    path = ("/" + "/".join([segment] * 6)).encode().decode("latin-1")
     call_app(watched, _environ(PATH_INFO=path))
     (record,) = all_records(watch_dir)
-    assert record.route == "/" + "\u00e9" * 31  # 63 bytes: the 64th would split a character
+    # 63 bytes: the 64th would split a character
+    assert record.route == "/" + segment + "/" + segment + "/"
 
 
 # --- fork -----------------------------------------------------------------------------------
