@@ -191,9 +191,20 @@ class SidecarCollector:
             "Files named like spools in the directory that cannot be read, now.",
             value=registry.unreadable,
         )
-        errors = acc.Counter()
-        errors.inc((), float(monitor.registry.spool_errors))
-        yield errors.family("wsgiwatch_spool_errors_total", "Spool files that could not be read.")
+        yield registry.spool_errors.family(
+            "wsgiwatch_spool_errors_total",
+            "Spool files that could not be read (each counted once, again if it changes), "
+            "by reason: not_regular, short, magic, version, geometry, size, sparse, owner, "
+            "zeroed, truncated (shrank under the reader)...",
+            ["reason"],
+        )
+        resyncs = acc.Counter()
+        resyncs.inc((), float(monitor.resyncs()))
+        yield resyncs.family(
+            "wsgiwatch_spool_resyncs_total",
+            "Implausible ring heads or cursors in spools (forged, or a corrupted write) that "
+            "the reader found and resynchronised from the entries' own stamps.",
+        )
         yield monitor.poll_durations.family(
             "wsgiwatch_sidecar_poll_duration_seconds", "Time one sidecar poll took.", []
         )

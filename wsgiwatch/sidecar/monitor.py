@@ -161,11 +161,15 @@ class Monitor:
 
     def _read_new(self, worker: Worker, now: int) -> list[Record]:
         """Accept events and finished records since the last poll."""
+        resyncs = worker.reader.resyncs
         events = worker.reader.read_accepts()
         if events:
             self.tallies.accepted.inc((str(worker.index),), float(len(events)))
         self.arrivals.accepted(worker.pid, events, serving(worker.slots), now)
-        return self._read_records(worker)
+        records = self._read_records(worker)
+        if worker.reader.resyncs != resyncs:  # a forged or corrupted head: said once each
+            log.warning("spool.resynced", worker=worker.index, detail=worker.reader.last_resync)
+        return records
 
     def _read_scoreboard(self, worker: Worker, now: int) -> list[SlotState]:
         """Read what the worker runs now; returns the raw slots (a dead worker's last)."""
@@ -298,6 +302,10 @@ class Monitor:
     @property
     def backlog_connections(self) -> int:
         return self.kernel.backlog_connections if self.kernel is not None else 0
+
+    def resyncs(self) -> int:
+        live = sum(w.reader.resyncs for w in list(self.registry.workers.values()))
+        return live + self.registry.retired_resyncs
 
     def dropped_records(self) -> int:
         live = 0

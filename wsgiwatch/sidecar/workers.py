@@ -16,12 +16,17 @@ import structlog
 
 from wsgiwatch.errors import SpoolFormatError, SpoolNotReady
 from wsgiwatch.kernel.procfs import pid_exists, process_running
+from wsgiwatch.sidecar import accumulate as acc
 from wsgiwatch.sidecar.detect import Run
 from wsgiwatch.spool import fate
 from wsgiwatch.spool import layout as fmt
 from wsgiwatch.spool.reader import SlotState, SpoolHeader, SpoolReader
 
 log = structlog.get_logger("wsgiwatch.sidecar")
+
+#: A spool whose header is still unwritten this long after its last change is no spool
+#: being created but a file that will stay so (all zeroes): it is counted as unreadable.
+NOT_READY_AFTER_S = 5.0
 
 #: Finished runs kept per worker, to find the blockers of requests that waited long.
 HISTORY_RUNS = 4096
@@ -87,8 +92,9 @@ class WorkerRegistry:
         self.workers: dict[str, Worker] = {}  # spool path -> worker
         self._bad: dict[str, int] = {}  # unreadable path -> its mtime (ns) when counted
         self.directory_error: str | None = None  # why the directory cannot be listed now
-        self.spool_errors = 0
+        self.spool_errors = acc.Counter()  # by reason (SpoolFormatError.reason)
         self.retired_lost = 0  # records lost in spools already removed
+        self.retired_resyncs = 0  # resynchronisations in spools no longer followed
 
     def _alive(self, pid: int, start_ticks: int) -> bool:
         if start_ticks:
@@ -143,8 +149,8 @@ class WorkerRegistry:
         """Entries named like spools that cannot be read, now."""
         return len(self._bad)
 
-    def _unreadable(self, entry: os.DirEntry[str], event: str, **facts: object) -> None:
-        """Count and log an unreadable entry once (again only if it changes)."""
+    def _unreadable(self, entry: os.DirEntry[str], event: str, reason: str, error: str) -> None:
+        """Count (by reason) and log an unreadable entry once, again only if it changes."""
         try:
             mtime = entry.stat(follow_symlinks=False).st_mtime_ns
         except OSError:
@@ -152,8 +158,8 @@ class WorkerRegistry:
         if self._bad.get(entry.path) == mtime:
             return
         self._bad[entry.path] = mtime
-        self.spool_errors += 1
-        log.warning(event, path=entry.path, **facts)
+        self.spool_errors.inc((reason,))
+        log.warning(event, path=entry.path, reason=reason, error=error)
 
     def _owner_gone(self, name: str) -> bool:
         """Whether the process a spool's name gives (``PID-STARTTICKS.spool``) is gone.
@@ -170,18 +176,22 @@ class WorkerRegistry:
         except OSError:
             return None
         if not regular:
-            self._unreadable(entry, "spool.not_a_file", reason="not a regular file")
+            self._unreadable(entry, "spool.not_a_file", "not_regular", "not a regular file")
             return None
         if path in self._bad and self._bad[path] == _mtime(path):
             return None  # same damaged file as last time: already counted and logged
         try:
             reader = SpoolReader(path)
-        except SpoolNotReady:
+        except SpoolNotReady as exc:
             if self._owner_gone(entry.name):
                 self._remove(path, "never finished")  # its writer died creating it
+            elif exc.age_s > NOT_READY_AFTER_S:
+                # A writer fills its header within microseconds of creating the file: one
+                # that stays unready (all zeroes, say) is no spool being made.
+                self._unreadable(entry, "spool.unreadable", exc.reason, str(exc))
             return None  # else being created right now: next poll
         except SpoolFormatError as exc:
-            self._unreadable(entry, "spool.unreadable", error=str(exc))
+            self._unreadable(entry, "spool.unreadable", exc.reason, str(exc))
             if self._owner_gone(entry.name):
                 self._remove(path, "unreadable")
             return None
@@ -209,12 +219,19 @@ class WorkerRegistry:
         self.workers.pop(path, None)
         h = worker.header
         self.retired_lost += worker.last_lost + h.slots_exhausted + h.write_errors
+        self.retired_resyncs += worker.reader.resyncs
         worker.reader.close()
-        self.spool_errors += 1
+        self.spool_errors.inc((error.reason,))
         mtime = _mtime(path)
         if mtime is not None:
             self._bad[path] = mtime
-        log.warning("spool.read_failed", path=path, worker=worker.index, error=str(error))
+        log.warning(
+            "spool.read_failed",
+            path=path,
+            worker=worker.index,
+            reason=error.reason,
+            error=str(error),
+        )
 
     def retire(self, worker: Worker) -> None:
         """Forget a dead worker whose spool was drained, and remove its file (and the note
@@ -223,6 +240,7 @@ class WorkerRegistry:
         self.workers.pop(path, None)
         h = worker.header
         self.retired_lost += worker.last_lost + h.slots_exhausted + h.write_errors
+        self.retired_resyncs += worker.reader.resyncs
         worker.reader.close()
         try:
             ours = os.lstat(path).st_ino == worker.inode
