@@ -100,3 +100,39 @@ def test_workers_that_lose_the_directory_are_followed_again(spool_dir: str) -> N
             wait_until(counted_again, "requests counted from the new spool")
             wait_until(lambda: healthz(side.url)[1]["status"] == "ok", "recovered")
             assert value(scrape(monitor), "wsgiwatch_workers") == 1
+
+
+def test_every_request_is_counted_or_counted_lost_across_a_removed_spool(spool_dir: str) -> None:
+    with gunicorn("apps.probe:application", spool_dir, workers=1) as server:
+        monitor = Monitor(spool_dir, use_kernel=False)
+        served = 0
+
+        def get() -> None:
+            nonlocal served
+            assert fetch(server.port, f"/r/n{served}").status == 200
+            served += 1
+
+        with SidecarServer(monitor, port=0, poll_interval_s=0.1):
+            for _ in range(20):
+                get()
+            (path,) = list_spools(spool_dir)
+            os.unlink(path)  # under the worker, with records the sidecar may not have read
+
+            def told() -> bool:
+                get()  # the worker looks for its file at most once a second, as it serves
+                return value(scrape(monitor), "wsgiwatch_spools_lost_total") == 1
+
+            wait_until(told, "the loss told by the worker's new spool")
+            # It settles the records lost with the old file a second later, as it serves.
+            settled = time.monotonic() + 1.5
+            while time.monotonic() < settled:
+                get()
+                time.sleep(0.05)
+
+            def accounted() -> bool:
+                m = scrape(monitor)
+                counted = sum(s.value for s in m["wsgiwatch_requests_total"])
+                dropped = value(m, "wsgiwatch_spool_records_dropped_total")
+                return counted + dropped == served
+
+            wait_until(accounted, "served = counted + dropped")

@@ -177,8 +177,8 @@ class SidecarCollector:
         drops.inc((), float(monitor.dropped_records()))
         yield drops.family(
             "wsgiwatch_spool_records_dropped_total",
-            "Records lost: overwritten before the sidecar read them, torn, "
-            "or not written (all slots busy, internal errors).",
+            "Records lost: overwritten before the sidecar read them, torn, not written "
+            "(all slots busy, internal errors), or lost with a spool removed under its worker.",
         )
         registry = monitor.registry
         yield GaugeMetricFamily(
@@ -198,13 +198,30 @@ class SidecarCollector:
             "zeroed, truncated (shrank under the reader)...",
             ["reason"],
         )
-        resyncs = acc.Counter()
-        resyncs.inc((), float(monitor.resyncs()))
-        yield resyncs.family(
-            "wsgiwatch_spool_resyncs_total",
-            "Implausible ring heads or cursors in spools (forged, or a corrupted write) that "
-            "the reader found and resynchronised from the entries' own stamps.",
-        )
+        totals = registry.totals()
+        for name, value, text in (
+            (
+                "wsgiwatch_spool_resyncs_total",
+                totals.resyncs,
+                "Implausible ring heads or cursors in spools (forged, or a corrupted write) "
+                "that the reader found and resynchronised from the entries' own stamps.",
+            ),
+            (
+                "wsgiwatch_spools_lost_total",
+                totals.spools_lost,
+                "Spools removed or truncated under their worker (it made a new one; the "
+                "records it lost with them are in the dropped counter).",
+            ),
+            (
+                "wsgiwatch_rejected_times_total",
+                totals.rejected_times,
+                "Accept or proxy times the workers refused as implausible (in the future, or "
+                "older than the process): never folded into a wait.",
+            ),
+        ):
+            counter = acc.Counter()
+            counter.inc((), float(value))
+            yield counter.family(name, text)
         yield monitor.poll_durations.family(
             "wsgiwatch_sidecar_poll_duration_seconds", "Time one sidecar poll took.", []
         )

@@ -303,16 +303,8 @@ class Monitor:
     def backlog_connections(self) -> int:
         return self.kernel.backlog_connections if self.kernel is not None else 0
 
-    def resyncs(self) -> int:
-        live = sum(w.reader.resyncs for w in list(self.registry.workers.values()))
-        return live + self.registry.retired_resyncs
-
     def dropped_records(self) -> int:
-        live = 0
-        for worker in list(self.registry.workers.values()):
-            h = worker.header
-            live += worker.last_lost + h.slots_exhausted + h.write_errors
-        return int(live + self.registry.retired_lost + self.torn)
+        return self.registry.totals().dropped + self.torn
 
     def close(self) -> None:
         self.registry.close()

@@ -32,6 +32,22 @@ NOT_READY_AFTER_S = 5.0
 HISTORY_RUNS = 4096
 
 
+@dataclass
+class Tally:
+    """What spools say was lost or refused (sums over workers)."""
+
+    dropped: int = 0  # records: overwritten unread, not written, or lost with a spool
+    resyncs: int = 0  # implausible heads or cursors the reader resynchronised
+    rejected_times: int = 0  # accept or proxy times the worker refused as implausible
+    spools_lost: int = 0  # spools removed or truncated under their worker
+
+    def add(self, other: Tally) -> None:
+        self.dropped += other.dropped
+        self.resyncs += other.resyncs
+        self.rejected_times += other.rejected_times
+        self.spools_lost += other.spools_lost
+
+
 @dataclass(eq=False)
 class Worker:
     index: int
@@ -71,6 +87,22 @@ class Worker:
     def busy(self) -> int:
         return len(self.slots)
 
+    def tally(self, *, with_process_totals: bool = True) -> Tally:
+        """What this spool says was lost. The losses of earlier spools of the same process
+        are carried from file to file by the worker: ``with_process_totals=False`` leaves
+        them out, for a spool whose process lives on in a newer file."""
+        h = self.header
+        carried = with_process_totals
+        return Tally(
+            dropped=self.last_lost
+            + h.slots_exhausted
+            + h.write_errors
+            + (h.records_lost_with_spool if carried else 0),
+            resyncs=self.reader.resyncs,
+            rejected_times=h.times_rejected,
+            spools_lost=h.spools_lost if carried else 0,
+        )
+
     def recent_runs(self) -> list[Run]:
         return [*self.history, *self.running]
 
@@ -93,8 +125,7 @@ class WorkerRegistry:
         self._bad: dict[str, int] = {}  # unreadable path -> its mtime (ns) when counted
         self.directory_error: str | None = None  # why the directory cannot be listed now
         self.spool_errors = acc.Counter()  # by reason (SpoolFormatError.reason)
-        self.retired_lost = 0  # records lost in spools already removed
-        self.retired_resyncs = 0  # resynchronisations in spools no longer followed
+        self.retired = Tally()  # what spools no longer followed said
 
     def _alive(self, pid: int, start_ticks: int) -> bool:
         if start_ticks:
@@ -211,16 +242,25 @@ class WorkerRegistry:
         self._bad.pop(path, None)
         log.info("spool.removed", path=path, reason=reason)
 
+    def _forget(self, worker: Worker) -> None:
+        self.workers.pop(worker.reader.path, None)
+        self.retired.add(worker.tally(with_process_totals=worker.gone))
+        worker.reader.close()
+
+    def totals(self) -> Tally:
+        """Losses over every spool followed so far."""
+        total = Tally()
+        total.add(self.retired)
+        for worker in list(self.workers.values()):
+            total.add(worker.tally())
+        return total
+
     def drop(self, worker: Worker, error: SpoolFormatError) -> None:
         """Stop following a spool that failed under the reader (truncated or overwritten
         while we read it): counted and logged once; reopened, under a new index, once the
         file changes into one that reads."""
         path = worker.reader.path
-        self.workers.pop(path, None)
-        h = worker.header
-        self.retired_lost += worker.last_lost + h.slots_exhausted + h.write_errors
-        self.retired_resyncs += worker.reader.resyncs
-        worker.reader.close()
+        self._forget(worker)
         self.spool_errors.inc((error.reason,))
         mtime = _mtime(path)
         if mtime is not None:
@@ -237,11 +277,7 @@ class WorkerRegistry:
         """Forget a dead worker whose spool was drained, and remove its file (and the note
         on its fate it may have left) unless a new file has taken its name."""
         path = worker.reader.path
-        self.workers.pop(path, None)
-        h = worker.header
-        self.retired_lost += worker.last_lost + h.slots_exhausted + h.write_errors
-        self.retired_resyncs += worker.reader.resyncs
-        worker.reader.close()
+        self._forget(worker)
         try:
             ours = os.lstat(path).st_ino == worker.inode
         except OSError:

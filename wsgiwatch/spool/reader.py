@@ -71,6 +71,11 @@ class SpoolHeader:
     reader_cursor: int
     reader_lost: int
     server_software: str
+    # What the worker lost or refused before anything reached this file (the worker keeps
+    # these per process and writes them into each new spool it makes).
+    times_rejected: int = 0  # accept or proxy times refused as implausible
+    spools_lost: int = 0  # earlier spools removed or truncated under it
+    records_lost_with_spool: int = 0  # records unread in those
 
     @property
     def accept_hook(self) -> bool:
@@ -376,6 +381,9 @@ class SpoolReader:
             reader_cursor=u64(raw, fmt.OFF_READER_CURSOR)[0],
             reader_lost=u64(raw, fmt.OFF_READER_LOST)[0],
             server_software=_text(fmt.SERVER_FIELD.unpack_from(raw, fmt.OFF_SERVER)[0], "ascii"),
+            times_rejected=u64(raw, fmt.OFF_TIMES_REJECTED)[0],
+            spools_lost=u64(raw, fmt.OFF_SPOOLS_LOST)[0],
+            records_lost_with_spool=u64(raw, fmt.OFF_RECORDS_LOST_WITH_SPOOL)[0],
         )
 
     # -- records ---------------------------------------------------------------------------
