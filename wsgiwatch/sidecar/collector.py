@@ -191,12 +191,12 @@ class SidecarCollector:
             "Files named like spools in the directory that cannot be read, now.",
             value=registry.unreadable,
         )
-        yield registry.spool_errors.family(
+        errors = acc.Counter()
+        errors.inc((), float(registry.spool_errors))
+        yield errors.family(
             "wsgiwatch_spool_errors_total",
-            "Spool files that could not be read (each counted once, again if it changes), "
-            "by reason: not_regular, short, magic, version, geometry, size, sparse, owner, "
-            "zeroed, truncated (shrank under the reader)...",
-            ["reason"],
+            "Spool files that could not be read, each counted once (again if it changes); "
+            "the spool.unreadable or spool.read_failed log event gives the reason.",
         )
         totals = registry.totals()
         for name, value, text in (

@@ -16,7 +16,6 @@ import structlog
 
 from wsgiwatch.errors import SpoolFormatError, SpoolNotReady
 from wsgiwatch.kernel.procfs import pid_exists, process_running
-from wsgiwatch.sidecar import accumulate as acc
 from wsgiwatch.sidecar.detect import Run
 from wsgiwatch.spool import fate
 from wsgiwatch.spool import layout as fmt
@@ -124,7 +123,7 @@ class WorkerRegistry:
         self.workers: dict[str, Worker] = {}  # spool path -> worker
         self._bad: dict[str, int] = {}  # unreadable path -> its mtime (ns) when counted
         self.directory_error: str | None = None  # why the directory cannot be listed now
-        self.spool_errors = acc.Counter()  # by reason (SpoolFormatError.reason)
+        self.spool_errors = 0  # unreadable files, each once (the reason is in its log event)
         self.retired = Tally()  # what spools no longer followed said
 
     def _alive(self, pid: int, start_ticks: int) -> bool:
@@ -181,7 +180,7 @@ class WorkerRegistry:
         return len(self._bad)
 
     def _unreadable(self, entry: os.DirEntry[str], event: str, reason: str, error: str) -> None:
-        """Count (by reason) and log an unreadable entry once, again only if it changes."""
+        """Count and log an unreadable entry once, again only if it changes."""
         try:
             mtime = entry.stat(follow_symlinks=False).st_mtime_ns
         except OSError:
@@ -189,7 +188,7 @@ class WorkerRegistry:
         if self._bad.get(entry.path) == mtime:
             return
         self._bad[entry.path] = mtime
-        self.spool_errors.inc((reason,))
+        self.spool_errors += 1
         log.warning(event, path=entry.path, reason=reason, error=error)
 
     def _owner_gone(self, name: str) -> bool:
@@ -261,7 +260,7 @@ class WorkerRegistry:
         file changes into one that reads."""
         path = worker.reader.path
         self._forget(worker)
-        self.spool_errors.inc((error.reason,))
+        self.spool_errors += 1
         mtime = _mtime(path)
         if mtime is not None:
             self._bad[path] = mtime
