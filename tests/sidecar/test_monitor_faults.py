@@ -140,6 +140,19 @@ def test_a_timed_out_worker_names_its_fate_and_its_aborted_request(scene: Scene)
     assert os.listdir(scene.dir) == []  # the spool and its note
 
 
+def test_a_worker_that_exited_with_a_request_running_names_that_fate(scene: Scene) -> None:
+    w = scene.worker(W1)
+    req = start(w, 0, Req(scene.now - S, route="/abandoned"))
+    fate.write_note(w.path, fate.EXITED, [req.request])  # gunicorn's worker_exit hook
+    monitor = scene.monitor()
+    scene.proc.kill(W1)
+    monitor.poll()
+    m = scrape(monitor)
+    assert value(m, "wsgiwatch_lost_requests_total", route="/abandoned", fate="exited") == 1
+    assert value(m, "wsgiwatch_worker_deaths_total", fate="exited") == 1
+    assert value(m, "wsgiwatch_worker_deaths_total", fate="killed") == 0
+
+
 @pytest.mark.parametrize(
     "note", [b"", b"{", b'{"fate": "eaten", "requests": []}', b'{"fate": "exited"}', b"x" * 9000]
 )
