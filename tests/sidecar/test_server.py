@@ -586,3 +586,19 @@ def test_connections_stay_capped_when_all_of_them_wait_for_an_answer():
         http_server.shutdown()
         http_server.server_close()
         thread.join(5)
+
+
+def test_peer_addresses_option_and_variable():
+    import argparse
+
+    from wsgiwatch.cli.sidecar import ConfigError, add_sidecar_options, settings_from
+
+    parser = argparse.ArgumentParser()
+    add_sidecar_options(parser)
+    assert settings_from(parser.parse_args([]), {}).peer_addresses is True
+    hide = parser.parse_args(["--peer-addresses", "hide"])
+    assert settings_from(hide, {}).peer_addresses is False
+    env = {"WSGIWATCH_PEER_ADDRESSES": "hide"}
+    assert settings_from(parser.parse_args([]), env).peer_addresses is False
+    with pytest.raises(ConfigError, match="show or hide"):
+        settings_from(parser.parse_args(["--peer-addresses", "maybe"]), {})
