@@ -160,6 +160,9 @@ def test_healthz_ok_merges_monitor_health_and_loop_state(start):
 def test_healthz_503_when_polls_keep_failing_then_recovers(start):
     monitor = FakeMonitor(fail_polls=True)
     server = start(monitor, poll_interval_s=0.05)
+    # Stale takes three intervals without a success; on a loaded machine fewer polls than
+    # that may have run (and failed) by then: wait for both.
+    wait_until(lambda: server.loop.failures >= STALE_AFTER_INTERVALS)
     wait_until(lambda: request(server, "/healthz").status == 503)
     facts = request(server, "/healthz").json()
     assert facts["status"] == "stale"
