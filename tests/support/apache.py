@@ -101,12 +101,15 @@ def apache(
     script: str = os.path.join(TESTS_DIR, "apps", "stamped.py"),
     set_env: bool = True,
     envvars: bool = False,
+    dumpable: bool = False,
     daemon_options: Sequence[str] = (),
 ) -> Iterator[Apache]:
     """Apache + mod_wsgi daemon mode serving ``script`` on a free port; ``WSGIWATCH_DIR``
     given by ``SetEnv`` (it arrives in the WSGI environ) unless ``set_env`` is False, and in
     Apache's own environment (Debian's /etc/apache2/envvars way, inherited by the daemons'
-    ``os.environ``) when ``envvars``."""
+    ``os.environ``) when ``envvars``. ``dumpable``: with ``CoreDumpDirectory``, as
+    examples/apache/wsgiwatch.conf advises (Apache and mod_wsgi then mark their processes
+    dumpable, so a sidecar of the same user can read their sockets)."""
     root = tempfile.mkdtemp(prefix="wsgiwatch-apache-")
     os.chmod(root, 0o755)
     os.mkdir(os.path.join(root, "run"), 0o755)
@@ -125,6 +128,11 @@ def apache(
         script_dir=os.path.dirname(script),
         set_env=f"SetEnv WSGIWATCH_DIR {spool_dir}" if set_env else "",
     )
+    if dumpable:
+        os.mkdir(os.path.join(root, "cores"), 0o700)
+        user = pwd.getpwnam(DAEMON_USER)
+        os.chown(os.path.join(root, "cores"), user.pw_uid, user.pw_gid)
+        config += f"CoreDumpDirectory {root}/cores\n"
     conf = os.path.join(root, "httpd.conf")
     with open(conf, "w", encoding="utf-8") as f:
         f.write(config)

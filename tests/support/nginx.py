@@ -23,8 +23,11 @@ from support.servers import TESTS_DIR, VENV_BIN, free_port, wait_for_port
 from wsgiwatch.cli.process_group import stop_group
 
 NGINX = shutil.which("nginx", path="/usr/sbin:/usr/bin") or "/usr/sbin/nginx"
-#: What nginx sends to say when it got the request: ``t=<epoch seconds>.<milliseconds>``.
-REQUEST_START = 'proxy_set_header X-Request-Start "t=${msec}";'
+#: The snippets a user includes (README, examples/nginx/): the tests include the very files.
+#: They make nginx send ``X-Request-Start: t=<epoch seconds>.<milliseconds>``.
+EXAMPLES = os.path.join(os.path.dirname(TESTS_DIR), "examples", "nginx")
+PROXY_SNIPPET = os.path.join(EXAMPLES, "wsgiwatch-proxy.conf")
+UWSGI_SNIPPET = os.path.join(EXAMPLES, "wsgiwatch-uwsgi.conf")
 
 _CONFIG = """\
 user {user};
@@ -75,15 +78,15 @@ class Nginx:
 
 
 def location_block(protocol: Literal["http", "uwsgi"], request_start: bool) -> str:
-    """The ``location /`` body a user writes (examples/nginx/ holds the same lines)."""
+    """The ``location /`` body a user writes (as examples/nginx/site.conf)."""
     if protocol == "uwsgi":
         lines = ["include /etc/nginx/uwsgi_params;", "uwsgi_pass app;"]
         if request_start:
-            lines.append('uwsgi_param HTTP_X_REQUEST_START "t=${msec}";')
+            lines.append(f"include {UWSGI_SNIPPET};")
     else:
         lines = ["proxy_set_header Host $host;", "proxy_pass http://app;"]
         if request_start:
-            lines.append(REQUEST_START)
+            lines.append(f"include {PROXY_SNIPPET};")
     return "\n".join(" " * 12 + line for line in lines)
 
 
