@@ -23,7 +23,7 @@ from wsgiwatch.worker.process_spool import STALE_SPOOL_AGE_S, remove_stale_spool
 
 
 def start_ticks(pid: int) -> int:
-    """Field 22 of /proc/PID/stat, read here independently of wsgiwatch.kernel.procstat."""
+    """Field 22 of /proc/PID/stat, read here independently of wsgiwatch.kernel.procfs."""
     with open(f"/proc/{pid}/stat") as f:
         stat = f.read()
     return int(stat[stat.rindex(")") + 2 :].split()[19])

@@ -15,12 +15,13 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from wsgiwatch.errors import WsgiwatchError
+from wsgiwatch.sidecar.views import Incident, LiveState, RecentRequests
 
 DEFAULT_URL = "http://127.0.0.1:9808"
 DEFAULT_TIMEOUT_S = 5.0
@@ -133,15 +134,15 @@ class SidecarClient:
         except ValueError as exc:
             raise SidecarUnreachable(f"{self.url}/metrics: not Prometheus text ({exc})") from None
 
-    def state(self) -> dict[str, Any]:
-        return self._checked("/api/state", "workers")
+    def state(self) -> LiveState:
+        return cast(LiveState, self._checked("/api/state", "workers"))
 
-    def recent_requests(self, since_s: float) -> dict[str, Any]:
-        return self._checked(f"/api/requests?since={since_s:g}", "requests")
+    def recent_requests(self, since_s: float) -> RecentRequests:
+        return cast(RecentRequests, self._checked(f"/api/requests?since={since_s:g}", "requests"))
 
-    def incidents(self, limit: int = 100) -> list[dict[str, Any]]:
+    def incidents(self, limit: int = 100) -> list[Incident]:
         found = self._checked(f"/api/incidents?limit={limit}", "incidents")["incidents"]
-        return list(found)
+        return cast(list[Incident], list(found))
 
     def health(self) -> dict[str, Any]:
         """``/healthz``; answers even when it says 503 (a stale poll is still an answer)."""

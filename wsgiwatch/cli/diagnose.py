@@ -31,12 +31,19 @@ from wsgiwatch.cli.client import (
     parse_duration,
 )
 from wsgiwatch.sidecar.contract import MonitorProtocol
+from wsgiwatch.sidecar.views import (
+    RECENT_KEPT,
+    ListenerView,
+    LiveState,
+    RecentRequests,
+    RequestView,
+    WorkerView,
+)
 
 EXIT_HEALTHY = 0
 EXIT_BLOCKING = 1
 EXIT_UNREACHABLE = 2
 #: The monitor keeps this many finished requests; a window that holds as many is cut short.
-RECENT_KEPT = 20000
 #: Accept imbalance is reported when a worker took this much more than its fair share...
 IMBALANCE_FACTOR = 1.5
 #: ...of at least this many connections.
@@ -55,8 +62,8 @@ class Snapshot:
     """What a diagnosis is made from: the sidecar's three views, read at about one time."""
 
     window_s: float
-    recent: dict[str, Any]  # /api/requests
-    state: dict[str, Any]  # /api/state
+    recent: RecentRequests  # /api/requests
+    state: LiveState  # /api/state
     metrics: Metrics  # /metrics
 
     @classmethod
@@ -114,7 +121,7 @@ class Diagnosis:
     process_wait_s: float  # all waiting inside processes in the window
     backlog_wait_s: float | None  # kernel accept queue, since the sidecar started
     backlog_waits: int
-    backlog_now: list[dict[str, Any]]
+    backlog_now: list[ListenerView]
     stalls_now: int
     oldest_stall_s: float
     imbalance: list[tuple[int, int, float]]  # (worker, connections, share) when uneven
@@ -149,8 +156,8 @@ def _imbalance(
 
 
 def analyse(snapshot: Snapshot) -> Diagnosis:
-    requests: list[dict[str, Any]] = snapshot.recent.get("requests", [])
-    live: list[dict[str, Any]] = snapshot.state.get("workers", [])
+    requests: list[RequestView] = snapshot.recent.get("requests", [])
+    live: list[WorkerView] = snapshot.state.get("workers", [])
     facts: dict[int, WorkerFacts] = {
         int(w["worker"]): WorkerFacts(int(w["worker"]), int(w["pid"])) for w in live
     }
@@ -161,7 +168,7 @@ def analyse(snapshot: Snapshot) -> Diagnosis:
     waits: list[float] = []
     process_wait = 0.0
     timed = misrouted = keep_alive = 0
-    worst: dict[str, Any] | None = None
+    worst: RequestView | None = None
     for r in requests:
         index = int(r["worker"])
         wf = facts.setdefault(index, WorkerFacts(index, r.get("pid")))
@@ -190,7 +197,7 @@ def analyse(snapshot: Snapshot) -> Diagnosis:
         accept, ready = r.get("accept_ns"), r.get("ready_ns")
         if accept and ready and ready - accept > KEEP_ALIVE_GAP_NS:
             keep_alive += 1
-        if worst is None or wait > worst["wait_s"]:
+        if worst is None or wait > (worst["wait_s"] or 0.0):
             worst = r
     for index, conns in peers.items():
         facts[index].connections = len(conns)
@@ -262,10 +269,11 @@ def analyse(snapshot: Snapshot) -> Diagnosis:
     return diagnosis
 
 
-def _example(r: dict[str, Any] | None) -> dict[str, Any] | None:
+def _example(r: RequestView | None) -> dict[str, Any] | None:
     if r is None:
         return None
-    blockers = r.get("blockers") or [{}]
+    blockers = r.get("blockers") or []
+    first = blockers[0] if blockers else None
     return {
         "method": r.get("method"),
         "route": r.get("route"),
@@ -273,8 +281,8 @@ def _example(r: dict[str, Any] | None) -> dict[str, Any] | None:
         "pid": r.get("pid"),
         "wait_s": r.get("wait_s"),
         "misrouted": bool(r.get("misrouted")),
-        "blocker_route": blockers[0].get("route"),
-        "blocker_request": blockers[0].get("request"),
+        "blocker_route": first["route"] if first else None,
+        "blocker_request": first["request"] if first else None,
     }
 
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from wsgiwatch.kernel.procstat import process_start_ticks
+from wsgiwatch.kernel.procfs import process_start_ticks
 from wsgiwatch.spool import layout as fmt
 from wsgiwatch.worker.accelerator import speedups
 

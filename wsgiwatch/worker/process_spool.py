@@ -13,7 +13,7 @@ import threading
 import time
 
 from wsgiwatch.errors import SpoolFormatError
-from wsgiwatch.kernel.procstat import process_start_ticks
+from wsgiwatch.kernel.procfs import process_start_ticks
 from wsgiwatch.spool import layout as fmt
 from wsgiwatch.spool.reader import SpoolReader, list_spools
 from wsgiwatch.spool.writer import (
