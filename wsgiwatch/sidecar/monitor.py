@@ -19,7 +19,7 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
-from wsgiwatch.kernel import KernelObserver
+from wsgiwatch.kernel import KernelObserver, visibility
 from wsgiwatch.kernel import supported as kernel_supported
 from wsgiwatch.sidecar import accumulate as acc
 from wsgiwatch.sidecar.accounting import Accountant, Tallies
@@ -35,6 +35,7 @@ from wsgiwatch.sidecar.views import (
     LiveState,
     RecentRequests,
     StallView,
+    UnseenWorker,
     WorkerView,
     peer_text,
 )
@@ -66,7 +67,7 @@ class Monitor:
         if use_kernel and kernel_supported:
             self.kernel = KernelView(kernel or KernelObserver(procfs_root), listener_ports or ())
         self.tallies = Tallies(route_limit)
-        self.arrivals = ArrivalJoin()
+        self.arrivals = ArrivalJoin(self.kernel.unix if self.kernel is not None else None)
         self.incident_log = IncidentLog()
         self.accountant = Accountant(
             self.tallies, self.arrivals, self.incident_log, self.threshold_ns
@@ -111,11 +112,12 @@ class Monitor:
         self.stalls = find_stalls(
             live,
             kernel_waiting=kernel_waiting,
-            unix_unread=kernel.unix_unread if kernel is not None else {},
-            unix_first_seen=kernel.unix_first_seen if kernel is not None else {},
+            unix_waiting=kernel.unix.waiting_now() if kernel is not None else (),
             pending_accepts=self.arrivals.pending_accepts(),
             now=now,
         )
+        for worker, _ in self.stalls:
+            worker.accepts_when_full = True
         self.processes.sample(live)
         for worker in workers:
             if not worker.alive:  # drained above: its last records are in
@@ -189,6 +191,7 @@ class Monitor:
                 for name, (q, cap) in sorted(self.listen_backlog().items())
             ],
             "kernel": self.kernel_usable(),
+            "kernel_unseen_workers": self.unseen_views(),
             "threshold_s": self.threshold_ns / 1e9,
         }
 
@@ -229,7 +232,25 @@ class Monitor:
             "workers": len(self.registry.live()),
             "kernel": self.kernel_usable(),
             "kernel_notices": list(self.kernel.notices) if self.kernel is not None else [],
+            "kernel_unseen_workers": self.unseen_views(),
         }
+
+    def kernel_unseen(self) -> dict[int, str]:
+        """pid -> why the kernel view cannot see that live worker's sockets."""
+        return dict(self.kernel.blind) if self.kernel is not None else {}
+
+    def unseen_views(self) -> list[UnseenWorker]:
+        by_pid = {w.pid: w for w in self.registry.live()}
+        return [
+            {
+                "worker": by_pid[pid].index,
+                "pid": pid,
+                "reason": reason,
+                "remedy": visibility.REMEDIES[reason],
+            }
+            for pid, reason in sorted(self.kernel_unseen().items())
+            if pid in by_pid
+        ]
 
     # -- facts the collector and the views share ---------------------------------------------
     def kernel_usable(self) -> bool:

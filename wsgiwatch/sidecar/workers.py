@@ -42,6 +42,9 @@ class Worker:
     busy_seconds_total: float = 0.0
     last_lost: int = 0
     rss: int | None = None
+    #: Seen holding a waiting connection while at capacity: a greedy acceptor (gthread,
+    #: waitress), where a proxy's time alone may count toward a blocking verdict.
+    accepts_when_full: bool = False
 
     @property
     def pid(self) -> int:

@@ -28,7 +28,8 @@ from wsgiwatch.spool.writer import DEFAULT_ACCEPTS, DEFAULT_RING, DEFAULT_SLOTS,
 from wsgiwatch.worker import accept_hook
 from wsgiwatch.worker.accelerator import speedups
 from wsgiwatch.worker.accept_hook import arrival_from_socket
-from wsgiwatch.worker.arrival import parse_mod_wsgi_time, parse_proxy_header, wall_to_monotonic_ns
+from wsgiwatch.worker.arrival import parse_proxy_header
+from wsgiwatch.worker.mod_wsgi import mod_wsgi_times
 from wsgiwatch.worker.process_spool import request_geometry, resolve_dir, writer_for
 from wsgiwatch.worker.routes import BytesCache, path_route_bytes, peer_bytes, template_route_bytes
 
@@ -101,6 +102,7 @@ class _Settings:
     app: WSGIApp
     _capacity: int | None
     _dir: str
+    _dir_given: bool  # spool_dir or $WSGIWATCH_DIR chose it; else a SetEnv may
     _geometry: tuple[int, int, int]
     _proxy_headers: bool
 
@@ -130,6 +132,7 @@ class _Settings:
             raise ValueError("capacity must be positive")
         self.app = app
         self._dir = resolve_dir(spool_dir)
+        self._dir_given = bool(spool_dir or os.environ.get("WSGIWATCH_DIR"))
         self._capacity = capacity
         self._proxy_headers = proxy_headers
         self._geometry = (slots, ring_size, accept_events)
@@ -141,6 +144,12 @@ class _Settings:
 
     def _first_request(self, environ: Environ) -> SpoolWriter | None:
         """Slow path, once per process: open the spool and note what serves us."""
+        chosen = environ.get("WSGIWATCH_DIR")
+        if not self._dir_given and isinstance(chosen, str) and chosen != self._dir and chosen:
+            # mod_wsgi: Apache's SetEnv arrives in the environ, not in os.environ. (The
+            # C path reads ``_dir`` on every request, so it follows.)
+            self._dir = chosen
+            request_geometry(chosen, self._geometry)
         writer = writer_for(self._dir)
         if (
             writer is not None
@@ -173,7 +182,7 @@ class PythonWSGIWatch(_Settings):
     ``__init__``), in pure Python: what ``WSGIWatch`` is when the C accelerator is not built
     (or ``WSGIWATCH_PURE_PYTHON=1``). Same arguments, same records as the C path."""
 
-    __slots__ = ("_capacity", "_dir", "_geometry", "_proxy_headers", "app")
+    __slots__ = ("_capacity", "_dir", "_dir_given", "_geometry", "_proxy_headers", "app")
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         # The entry bookkeeping is inlined here rather than in _Call.__init__: one Python
@@ -264,7 +273,7 @@ else:
         """Records each request of the app it wraps into this process's spool (see
         ``__init__``). Calling it runs the C accelerator's ``Recorder.__call__``."""
 
-        __slots__ = ("_capacity", "_geometry")
+        __slots__ = ("_capacity", "_dir_given", "_geometry")
 
 
 # directory -> this process's writer (None: recording is off). Forgotten after a fork,
@@ -648,6 +657,9 @@ def _accept_sources(
     """(accept_ns, arrival_ns, source, flags) from the accept hook or the server's keys."""
     accept = arrival = source = flags = 0
     conn = _ACCEPTED.get((peer, port)) if _ACCEPTED else None
+    if conn is None and not port and _ACCEPTED:  # a unix socket: found by its fd
+        unix = accept_hook.unix_connection_key(environ)
+        conn = _ACCEPTED.get(unix) if unix else None
     if conn is not None:
         accept, arrival, uses, ready = conn
         conn[2] = uses + 1
@@ -669,21 +681,25 @@ def _accept_sources(
             if arrival:
                 flags |= fmt.FLAG_ARRIVAL_TCP_INFO
     elif _MOD_WSGI_START in environ:
-        now_wall = time.time_ns()
-        started = parse_mod_wsgi_time(environ[_MOD_WSGI_START], now_wall)
-        if started:
-            accept = wall_to_monotonic_ns(started, now_wall, _monotonic_ns())
+        accept, arrival, apache_wall = mod_wsgi_times(environ, time.time_ns(), _monotonic_ns())
+        if accept:
             source = fmt.SOURCE_MOD_WSGI
+        if apache_wall:  # daemon mode: Apache's own start is the front of the line
+            flags |= _PROXY_PENDING
     if proxy_headers and (_X_REQUEST_START in environ or _X_QUEUE_START in environ):
         flags |= _PROXY_PENDING
     return accept, arrival, source, flags
 
 
 def _proxy_wall_ns(environ: Environ) -> int:
+    """The front of the line, wall clock: a front proxy's header, else (mod_wsgi daemon
+    mode) when Apache read the request."""
     header = environ.get(_X_REQUEST_START) or environ.get(_X_QUEUE_START)
-    if not isinstance(header, str):
-        return 0
-    return parse_proxy_header(header, time.time_ns()) or 0
+    if isinstance(header, str):
+        found = parse_proxy_header(header, time.time_ns())
+        if found:
+            return found
+    return mod_wsgi_times(environ, time.time_ns(), _monotonic_ns())[2]
 
 
 def _share_with_accelerator() -> None:

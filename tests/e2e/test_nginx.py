@@ -1,0 +1,179 @@
+"""nginx in front of gunicorn gthread (2 workers x 1 thread), as it is deployed: on a unix
+socket (without help, with nginx's ``X-Request-Start``, with the accept hook) and over TCP
+with the header. Debian's nginx, the real sidecar, one slow request then six fast ones.
+
+Client truth per request: the app answers with its entry time (CLOCK_MONOTONIC, one clock
+for every process here), so the client knows how long each request waited before the app
+began. A fast request that waited more than ``WAITED_IF_LATE_S`` waited behind the slow one,
+inside the busy worker (gthread accepts greedily; nginx and the kernel backlog add
+microseconds). The sidecar's verdict, wait and phases must match, request by request; its
+live view must show the stalls at their true ages while they happen.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from support.deploy_scenario import (
+    WAITED_IF_LATE_S,
+    Outcome,
+    api,
+    report,
+    sidecar_views,
+    slow_then_fast,
+    wait_until,
+)
+from support.nginx import Nginx, gunicorn_behind, nginx
+from support.servers import VENV_BIN, sidecar
+
+POLL_S = 0.25
+
+
+@dataclass(frozen=True)
+class Variant:
+    unix: bool
+    header: bool
+    hook: bool
+    source: str  # what the sidecar should name as the source of a blocked request's wait
+    wait_tolerance_s: float  # sidecar wait against the client's
+    stall_tolerance_s: float  # live stall age against the truth
+
+
+VARIANTS = {
+    # No time exists in the kernel for a unix connection: it arrived between two dumps.
+    "unix-plain": Variant(True, False, False, "kernel", POLL_S / 2 + 0.03, POLL_S / 2 + 0.03),
+    # nginx's time (ms resolution) plus its own and the connect's ~1 ms.
+    "unix-header": Variant(True, True, False, "header", 0.010, POLL_S / 2 + 0.03),
+    # The hook's accept is exact; the client's clock starts before its connect to nginx.
+    "unix-hook": Variant(True, False, True, "hook", 0.010, 0.03),
+    # The kernel's arrival (jiffies) or nginx's time, whichever the sidecar had.
+    "tcp-header": Variant(False, True, False, "kernel|header", 0.010, 0.03),
+}
+
+
+@dataclass
+class Stack:
+    front: Nginx
+    sidecar_url: str
+
+
+@pytest.fixture(params=sorted(VARIANTS))
+def stack(request: pytest.FixtureRequest, spool_dir: str) -> Iterator[tuple[Variant, Stack]]:
+    variant = VARIANTS[request.param]
+    extra = ["-c", "python:wsgiwatch.gunicorn_config"] if variant.hook else []
+    with (
+        gunicorn_behind("apps.stamped:application", spool_dir, unix=variant.unix, extra=extra)
+        as upstream,
+        nginx(upstream.address, request_start=variant.header) as front,
+    ):
+        running, port = sidecar(spool_dir, "--poll-interval", str(POLL_S))
+        with running:
+            url = f"http://127.0.0.1:{port}"
+            wait_until(lambda: len(api(url, "/api/state")["workers"]) == 2, what="two workers")
+            yield variant, Stack(front, url)
+
+
+def accepted_total(url: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in _metrics(url).splitlines()
+        if line.startswith("wsgiwatch_worker_accepted_total{")
+    )
+
+
+def _metrics(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as reply:
+        return str(reply.read().decode())
+
+
+def run_with_live_look(front: Nginx, url: str) -> tuple[list[Outcome], dict[str, Any]]:
+    """The scenario, and the sidecar's live state taken while the fast requests wait."""
+    result: list[list[Outcome]] = []
+    runner = threading.Thread(target=lambda: result.append(slow_then_fast(front.port)))
+    runner.start()
+    time.sleep(0.15 + 6 * 0.02 + 0.7)  # the fast ones have waited 0.7 to 0.8 s
+    state = api(url, "/api/state")
+    runner.join(30)
+    (outcomes,) = result
+    return outcomes, state
+
+
+def check_live_stalls(variant: Variant, outcomes: list[Outcome], state: dict[str, Any]) -> None:
+    now = state["now_ns"]
+    # Waiting at the sidecar's last poll, and for long enough to have shown in a dump.
+    waiting = [
+        o for o in outcomes[1:] if o.entry_ns > now - POLL_S * 1e9 and o.start_ns < now - 0.4e9
+    ]
+    stalls = state["stalls"]
+    assert len(stalls) >= len(waiting) > 0 or not waiting, (stalls, waiting)
+    for stall in stalls:
+        if variant.unix:
+            assert stall["peer"].startswith("unix inode "), stall
+        true_ages = [(now - o.start_ns) / 1e9 for o in outcomes[1:] if o.entry_ns > now - 1e9]
+        assert min(abs(stall["age_s"] - age) for age in true_ages) <= variant.stall_tolerance_s, (
+            stall,
+            true_ages,
+        )
+
+
+def check_verdicts(variant: Variant, outcomes: list[Outcome], views: dict[str, Any]) -> int:
+    """Each request's verdict, wait and phases against the client's; returns how many were
+    blocked."""
+    table = report(outcomes, views)
+    slow = outcomes[0]
+    blocked = 0
+    for o in outcomes[1:]:
+        view = views[o.route]
+        truly = o.wait_s > WAITED_IF_LATE_S
+        assert view["blocked"] == truly, table
+        if not truly:
+            assert view["wait_s"] is None or view["wait_s"] < 0.05, table
+            continue
+        blocked += 1
+        assert view["wait_source"] in variant.source.split("|"), table
+        assert abs(view["wait_s"] - o.wait_s) <= variant.wait_tolerance_s, table
+        assert [b["route"] for b in view["blockers"]] == [slow.route], table
+        phases = view["phases"]
+        assert abs(phases["process"] - view["wait_s"]) <= 0.002, table
+        if variant.header and view["wait_source"] != "header":
+            # The kernel knew when the request reached the worker: nginx's share is apart,
+            # and the phases add up to what the client saw (nginx's ms rounding allowed).
+            assert 0 <= phases["proxy"] <= 0.010, table
+            assert abs(sum(phases.values()) - o.wait_s) <= 0.010, table
+    return blocked
+
+
+@pytest.mark.timeout(120)
+def test_slow_then_fast_behind_nginx(stack: tuple[Variant, Stack]) -> None:
+    variant, s = stack
+    blocked = 0
+    for _ in range(3):  # a run may send every fast request to the idle worker: bounded retry
+        before = accepted_total(s.sidecar_url)
+        outcomes, state = run_with_live_look(s.front, s.sidecar_url)
+        views = sidecar_views(s.sidecar_url, outcomes)
+        check_live_stalls(variant, outcomes, state)
+        blocked += check_verdicts(variant, outcomes, views)
+        # Each request came on its own connection from nginx, counted on its worker.
+        wait_until(
+            lambda: accepted_total(s.sidecar_url) - before == len(outcomes),  # noqa: B023
+            what="7 accepted connections",
+        )
+        if blocked:
+            break
+    assert blocked, "no fast request waited in 3 runs"
+    diagnosis = subprocess.run(
+        [os.path.join(VENV_BIN, "wsgiwatch"), "diagnose", "--url", s.sidecar_url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    assert diagnosis.splitlines()[2].startswith("HEAD-OF-LINE BLOCKING"), diagnosis
