@@ -4,8 +4,8 @@ Apache runs from its own config and ServerRoot in a temp dir (``-DFOREGROUND``, 
 file, error log and runtime dir), listening on 127.0.0.1 on a free port; its children and the
 mod_wsgi daemons run as www-data (``User``/``Group``), as Debian's package runs them. The
 daemons embed Debian's ``/usr/bin/python3`` (libapache2-mod-wsgi-py3), so wsgiwatch comes from
-this checkout through ``python-path`` (it is readable by all; the test virtualenv's own
-Python, under /root, is not).
+this checkout and its dependencies from the test virtualenv's site-packages, through
+``python-path`` (both readable by all; the virtualenv's own Python, under /root, is not).
 
 The sidecar for it runs as www-data too (``setpriv``), on Debian's Python with the test
 virtualenv's site-packages on its path, as a user would run it next to Apache.
@@ -122,7 +122,7 @@ def apache(
         modules=MODULES,
         processes=processes,
         threads=threads,
-        python_path=f"{REPO_DIR}:{TESTS_DIR}",
+        python_path=f"{REPO_DIR}:{TESTS_DIR}:{SITE_PACKAGES}",
         daemon_options=options,
         script=script,
         script_dir=os.path.dirname(script),
