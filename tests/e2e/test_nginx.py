@@ -69,8 +69,9 @@ def stack(request: pytest.FixtureRequest, spool_dir: str) -> Iterator[tuple[Vari
     variant = VARIANTS[request.param]
     extra = ["-c", "python:wsgiwatch.gunicorn_config"] if variant.hook else []
     with (
-        gunicorn_behind("apps.stamped:application", spool_dir, unix=variant.unix, extra=extra)
-        as upstream,
+        gunicorn_behind(
+            "apps.stamped:application", spool_dir, unix=variant.unix, extra=extra
+        ) as upstream,
         nginx(upstream.address, request_start=variant.header) as front,
     ):
         running, port = sidecar(spool_dir, "--poll-interval", str(POLL_S))

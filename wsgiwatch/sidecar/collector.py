@@ -114,6 +114,12 @@ class SidecarCollector:
         for reason in visibility.REASONS:
             unseen.add_metric([reason], reasons.count(reason))
         yield unseen
+        yield GaugeMetricFamily(
+            "wsgiwatch_spool_dir_refused",
+            "1 when workers of the sidecar's user would refuse the spool directory (owner, "
+            "mode): they record nothing; /healthz says why.",
+            value=1.0 if monitor.spool_dir_problem else 0.0,
+        )
 
     def _workers(self) -> Iterable[Metric]:
         monitor = self.monitor

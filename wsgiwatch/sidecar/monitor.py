@@ -17,6 +17,7 @@ import time
 from collections.abc import Collection, Iterable
 from typing import Any
 
+import structlog
 from prometheus_client.metrics_core import Metric
 
 from wsgiwatch.kernel import KernelObserver, visibility
@@ -29,6 +30,7 @@ from wsgiwatch.sidecar.detect import Run
 from wsgiwatch.sidecar.incidents import IncidentLog
 from wsgiwatch.sidecar.kernel_view import KernelView
 from wsgiwatch.sidecar.processes import ProcessSampler
+from wsgiwatch.sidecar.spool_dir import spool_dir_problem
 from wsgiwatch.sidecar.stalls import Stall, find_stalls
 from wsgiwatch.sidecar.views import (
     Incident,
@@ -42,6 +44,8 @@ from wsgiwatch.sidecar.views import (
 from wsgiwatch.sidecar.workers import Worker, WorkerRegistry
 from wsgiwatch.spool import layout as fmt
 from wsgiwatch.spool.reader import Record
+
+log = structlog.get_logger("wsgiwatch.sidecar")
 
 
 class Monitor:
@@ -76,6 +80,7 @@ class Monitor:
         self.collector = SidecarCollector(self)
         self.stalls: list[Stall] = []
         self.torn = 0  # records claimed by writers that never finished them
+        self.spool_dir_problem: str | None = None  # why workers would refuse the directory
         self.poll_durations = acc.Histogram(acc.POLL_BUCKETS)
         self.polls = 0
         self.last_poll_mono = 0.0
@@ -84,6 +89,7 @@ class Monitor:
     # -- the poll ----------------------------------------------------------------------------
     def poll(self) -> None:
         started = time.monotonic()
+        self._check_spool_dir()
         self.registry.refresh()
         workers = list(self.registry.workers.values())
         live = [w for w in workers if w.alive]
@@ -128,6 +134,12 @@ class Monitor:
         self.last_poll_mono = time.monotonic()
         self.last_poll_duration = self.last_poll_mono - started
         self.poll_durations.observe((), self.last_poll_duration)
+
+    def _check_spool_dir(self) -> None:
+        problem = spool_dir_problem(self.spool_dir)
+        if problem is not None and problem != self.spool_dir_problem:
+            log.warning("spool.dir_refused", path=self.spool_dir, problem=problem)
+        self.spool_dir_problem = problem
 
     def _read_scoreboard(self, worker: Worker) -> None:
         worker.header = worker.reader.header()
@@ -229,6 +241,7 @@ class Monitor:
             "last_poll_duration_s": self.last_poll_duration,
             "poll_interval_s": self.poll_interval_s,
             "spool_dir": self.spool_dir,
+            "spool_dir_problem": self.spool_dir_problem,
             "workers": len(self.registry.live()),
             "kernel": self.kernel_usable(),
             "kernel_notices": list(self.kernel.notices) if self.kernel is not None else [],
