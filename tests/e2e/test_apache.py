@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from support.apache import Apache, apache, daemon_owned_dir, daemon_sidecar
+from support.apache import Apache, apache, daemon_owned_dir, daemon_sidecar, sidecar_argv
 from support.deploy_scenario import (
     WAITED_IF_LATE_S,
     Outcome,
@@ -30,7 +30,7 @@ from support.deploy_scenario import (
     slow_then_fast,
     wait_until,
 )
-from support.servers import VENV_BIN
+from support.servers import VENV_BIN, free_port, sidecar
 
 POLL_S = 0.25
 WARM = "/r/warm?sleep=0.3"  # long enough that each daemon process takes one
@@ -85,7 +85,9 @@ def check_verdicts(outcomes: list[Outcome], views: dict[str, Any]) -> None:
         phases = view["phases"]
         # mod_wsgi's own account of the backlog, and the client's of the whole wait.
         assert abs(phases["backlog"] - o.mod_wsgi_backlog_s()) <= 0.001, table
-        assert abs(sum(phases.values()) - o.wait_s) <= 0.005, table
+        # The client's clock also runs through its connect and Apache's accept, before
+        # Apache's request_start: a few ms on a busy machine (7 ms seen on 2 shared cores).
+        assert 0 <= o.wait_s - sum(phases.values()) <= 0.015, table
 
 
 def diagnose(url: str) -> str:
@@ -156,21 +158,26 @@ def test_non_dumpable_daemons_are_named_as_unseen(daemon_spool: str) -> None:
 
 @pytest.mark.timeout(60)
 def test_a_refused_spool_directory_shows_on_the_sidecar_side(tmp_path: Any) -> None:
-    """A spool directory the daemons refuse (root's): they record nothing and say so in
-    Apache's error log; the sidecar, as www-data, says so too."""
+    """A spool directory the daemons refuse (root's, as www-data's sidecar would refuse it
+    too): the daemons record nothing and say so once in Apache's error log; a sidecar run as
+    www-data will not start on it, and one run as root says why no worker shows."""
     refused = tmp_path / "spool"
     refused.mkdir(mode=0o755)
     tmp_path.chmod(0o755)
-    with (
-        apache(str(refused), processes=1) as front,
-        daemon_sidecar(str(refused), "--poll-interval", str(POLL_S)) as (_, port),
-    ):
-        url = f"http://127.0.0.1:{port}"
+    with apache(str(refused), processes=1) as front:
         with urllib.request.urlopen(front.url + "/r/refused", timeout=10) as reply:
             assert reply.status == 200  # the app is served all the same
         wait_until(lambda: "recording disabled" in front.error_log(), what="Apache's error log")
-        health = api(url, "/healthz")
-        assert "belongs to uid 0" in health["spool_dir_problem"], health
-        assert health["workers"] == 0
-        with urllib.request.urlopen(url + "/metrics", timeout=5) as reply:
-            assert "wsgiwatch_spool_dir_refused 1.0" in reply.read().decode()
+        failed = subprocess.run(
+            sidecar_argv(str(refused), free_port()), capture_output=True, text=True, timeout=30
+        )
+        assert failed.returncode == 1 and "sidecar.spool_dir_refused" in failed.stderr, failed
+        running, port = sidecar(str(refused))
+        with running:
+            url = f"http://127.0.0.1:{port}"
+            wait_until(lambda: api(url, "/healthz")["polls"] > 0, what="a poll")
+            health = api(url, "/healthz")
+            assert health["workers"] == 0
+            assert "belongs to root" in health["spool_dir_problem"], health
+            with urllib.request.urlopen(url + "/metrics", timeout=5) as reply:
+                assert "wsgiwatch_spool_dir_refused 1.0" in reply.read().decode()

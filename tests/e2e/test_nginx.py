@@ -12,6 +12,7 @@ live view must show the stalls at their true ages while they happen.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from apps.client import fetch
 from support.deploy_scenario import (
     WAITED_IF_LATE_S,
     Outcome,
@@ -53,8 +55,10 @@ VARIANTS = {
     "unix-header": Variant(True, True, False, "header", 0.010, POLL_S / 2 + 0.03),
     # The hook's accept is exact; the client's clock starts before its connect to nginx.
     "unix-hook": Variant(True, False, True, "hook", 0.010, 0.03),
-    # The kernel's arrival (jiffies) or nginx's time, whichever the sidecar had.
-    "tcp-header": Variant(False, True, False, "kernel|header", 0.010, 0.03),
+    # The kernel's arrival or nginx's time, whichever the sidecar had. The kernel's is at
+    # jiffy resolution against the middle of its dump, which on a busy machine can take
+    # tens of ms (seen: 17 ms off on a shared 2-core machine).
+    "tcp-header": Variant(False, True, False, "kernel|header", 0.025, 0.03),
 }
 
 
@@ -77,8 +81,34 @@ def stack(request: pytest.FixtureRequest, spool_dir: str) -> Iterator[tuple[Vari
         running, port = sidecar(spool_dir, "--poll-interval", str(POLL_S))
         with running:
             url = f"http://127.0.0.1:{port}"
-            wait_until(lambda: len(api(url, "/api/state")["workers"]) == 2, what="two workers")
+            warm(front, url)
             yield variant, Stack(front, url)
+
+
+def warm(front: Nginx, url: str) -> None:
+    """Requests until both workers have served one (a worker opens its spool on its first
+    request, or at start with the hook); two at a time, so both are taken."""
+    sent = 0
+    for _ in range(10):
+        pair = [
+            threading.Thread(target=fetch, args=(front.port, "/r/warm?sleep=0.2")) for _ in range(2)
+        ]
+        for t in pair:
+            t.start()
+        for t in pair:
+            t.join(10)
+        sent += 2
+        with contextlib.suppress(AssertionError):
+            wait_until(lambda: len(api(url, "/api/state")["workers"]) == 2, 1.0, "two workers")
+            break
+    else:
+        raise AssertionError("one of the two workers never served a request")
+
+    def all_read() -> bool:
+        recent = api(url, "/api/requests?since=120")["requests"]
+        return sum(r["route"] == "/r/warm" for r in recent) == sent
+
+    wait_until(all_read, what="the sidecar read the warm-up requests")
 
 
 def accepted_total(url: str) -> float:
@@ -142,7 +172,8 @@ def check_verdicts(variant: Variant, outcomes: list[Outcome], views: dict[str, A
         blocked += 1
         assert view["wait_source"] in variant.source.split("|"), table
         assert abs(view["wait_s"] - o.wait_s) <= variant.wait_tolerance_s, table
-        assert [b["route"] for b in view["blockers"]] == [slow.route], table
+        # Most to blame first: the slow one (fast ones queued with it ran microseconds).
+        assert view["blockers"][0]["route"] == slow.route, table
         phases = view["phases"]
         assert abs(phases["process"] - view["wait_s"]) <= 0.002, table
         if variant.header and view["wait_source"] != "header":
@@ -165,9 +196,10 @@ def test_slow_then_fast_behind_nginx(stack: tuple[Variant, Stack]) -> None:
         blocked += check_verdicts(variant, outcomes, views)
         # Each request came on its own connection from nginx, counted on its worker.
         wait_until(
-            lambda: accepted_total(s.sidecar_url) - before == len(outcomes),  # noqa: B023
+            lambda: accepted_total(s.sidecar_url) - before >= len(outcomes),  # noqa: B023
             what="7 accepted connections",
         )
+        assert accepted_total(s.sidecar_url) - before == len(outcomes)
         if blocked:
             break
     assert blocked, "no fast request waited in 3 runs"

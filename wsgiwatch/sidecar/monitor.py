@@ -136,7 +136,7 @@ class Monitor:
         self.poll_durations.observe((), self.last_poll_duration)
 
     def _check_spool_dir(self) -> None:
-        problem = spool_dir_problem(self.spool_dir)
+        problem = spool_dir_problem(self.spool_dir, workers=len(self.registry.live()))
         if problem is not None and problem != self.spool_dir_problem:
             log.warning("spool.dir_refused", path=self.spool_dir, problem=problem)
         self.spool_dir_problem = problem

@@ -13,10 +13,11 @@ import os
 import stat
 
 
-def spool_dir_problem(path: str) -> str | None:
-    """Why workers of the sidecar's user would refuse ``path`` (or the sidecar cannot read
-    it), in words with the remedy; None when it is fine or not there yet (the first worker
-    creates it)."""
+def spool_dir_problem(path: str, *, workers: int) -> str | None:
+    """Why workers would refuse ``path`` (or the sidecar cannot read it), in words with the
+    remedy; None when it is fine or not there yet (the first worker creates it).
+    ``workers``: how many live workers write there now (a root-owned directory is a problem
+    only while none does: workers of other users refuse it, root's would not)."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -26,6 +27,11 @@ def spool_dir_problem(path: str) -> str | None:
     if not stat.S_ISDIR(st.st_mode):
         return f"{path} is not a directory: workers record nothing"
     me = os.geteuid()
+    if me == 0 and st.st_uid == 0 and not workers:
+        return (
+            f"{path} belongs to root, and no worker writes there: workers that run as another "
+            f"user (Apache's www-data) refuse it; chown it to the workers' user, mode 0700"
+        )
     if st.st_uid != me:
         return (
             f"{path} belongs to uid {st.st_uid}, not to uid {me} (this sidecar's user, which "
