@@ -32,7 +32,7 @@ from support.deploy_scenario import (
     slow_then_fast,
     wait_until,
 )
-from support.nginx import Nginx, gunicorn_behind, nginx
+from support.nginx import Nginx, gunicorn_behind, nginx, uwsgi_behind
 from support.servers import VENV_BIN, sidecar
 
 POLL_S = 0.25
@@ -210,3 +210,34 @@ def test_slow_then_fast_behind_nginx(stack: tuple[Variant, Stack]) -> None:
         timeout=30,
     ).stdout
     assert diagnosis.splitlines()[2].startswith("HEAD-OF-LINE BLOCKING"), diagnosis
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("processes", [1, 2])
+def test_uwsgi_behind_uwsgi_pass_queues_in_the_backlog(processes: int, spool_dir: str) -> None:
+    """uWSGI as it is usually deployed: nginx's ``uwsgi_pass`` to forked workers on a unix
+    socket. A uWSGI worker accepts only when free, so the fast requests wait in the socket's
+    backlog (the sidecar sees it there, live) and none is called blocked, though nginx's
+    stamp times each wait to the millisecond."""
+    with (
+        uwsgi_behind("apps.stamped:application", spool_dir, processes=processes) as upstream,
+        nginx(upstream.address, request_start=True, protocol="uwsgi") as front,
+    ):
+        running, port = sidecar(spool_dir, "--poll-interval", str(POLL_S))
+        with running:
+            url = f"http://127.0.0.1:{port}"
+            outcomes, state = run_with_live_look(front, url)
+            views = sidecar_views(url, outcomes)
+    table = report(outcomes, views)
+    for o in outcomes:
+        view = views[o.route]
+        assert view["blocked"] is False and view["wait_source"] == "header", table
+        assert abs(view["wait_s"] - o.wait_s) <= 0.010, table
+    (listener,) = state["listeners"]
+    assert listener["listener"] == upstream.address, state
+    assert state["stalls"] == []
+    late = [o for o in outcomes[1:] if o.wait_s > WAITED_IF_LATE_S]
+    if processes == 1:
+        assert len(late) == 6 and listener["backlog"] >= 1, (table, state)
+    else:
+        assert late == [], table

@@ -199,3 +199,47 @@ def gunicorn_behind(
         if proc.stdout:
             proc.stdout.close()
         shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def uwsgi_behind(
+    module: str, spool_dir: str, *, processes: int = 1, env: dict[str, str] | None = None
+) -> Iterator[Upstream]:
+    """uWSGI (PyPI's build) speaking the uwsgi protocol on a unix socket, for nginx's
+    ``uwsgi_pass``: forked workers, one thread each, each accepting only when free."""
+    sock_dir = tempfile.mkdtemp(prefix="wsgiwatch-sock-")
+    os.chmod(sock_dir, 0o755)
+    path = os.path.join(sock_dir, "uwsgi.sock")
+    argv = [
+        os.path.join(VENV_BIN, "uwsgi"),
+        "--socket",
+        path,
+        "--chmod-socket=666",  # nginx's workers run as www-data
+        "--master",
+        "--processes",
+        str(processes),
+        "--threads",
+        "1",
+        "--virtualenv",
+        os.path.dirname(VENV_BIN),
+        "--pythonpath",
+        TESTS_DIR,
+        "--module",
+        module,
+        "--need-app",
+        "--die-on-term",  # SIGTERM stops it (uWSGI 2.0 would reload)
+        "--disable-logging",
+    ]
+    full_env = dict(os.environ, WSGIWATCH_DIR=spool_dir, PYTHONPATH=TESTS_DIR)
+    full_env.update(env or {})
+    proc = subprocess.Popen(
+        argv, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        wait_for_unix(path, proc)
+        yield Upstream(proc, f"unix:{path}", spool_dir)
+    finally:
+        stop_group(proc)
+        if proc.stdout:
+            proc.stdout.close()
+        shutil.rmtree(sock_dir, ignore_errors=True)
