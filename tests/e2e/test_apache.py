@@ -181,3 +181,15 @@ def test_a_refused_spool_directory_shows_on_the_sidecar_side(tmp_path: Any) -> N
             assert "belongs to root" in health["spool_dir_problem"], health
             with urllib.request.urlopen(url + "/metrics", timeout=5) as reply:
                 assert "wsgiwatch_spool_dir_refused 1.0" in reply.read().decode()
+
+
+@pytest.mark.timeout(60)
+def test_a_daemons_capacity_is_its_threads(daemon_spool: str) -> None:
+    with (
+        apache(daemon_spool, processes=1, threads=3) as front,
+        daemon_sidecar(daemon_spool, "--poll-interval", str(POLL_S)) as (_, port),
+    ):
+        url = f"http://127.0.0.1:{port}"
+        warm(front, 1, url)
+        ((worker),) = api(url, "/api/state")["workers"]
+        assert worker["capacity"] == 3

@@ -29,7 +29,7 @@ from wsgiwatch.worker import accept_hook
 from wsgiwatch.worker.accelerator import speedups
 from wsgiwatch.worker.accept_hook import arrival_from_socket
 from wsgiwatch.worker.arrival import parse_proxy_header
-from wsgiwatch.worker.mod_wsgi import mod_wsgi_times
+from wsgiwatch.worker.mod_wsgi import daemon_capacity, mod_wsgi_times
 from wsgiwatch.worker.process_spool import request_geometry, resolve_dir, writer_for
 from wsgiwatch.worker.routes import BytesCache, path_route_bytes, peer_bytes, template_route_bytes
 
@@ -169,8 +169,9 @@ class _Settings:
                     bool(environ.get("wsgi.multithread")),
                     bool(environ.get("wsgi.multiprocess")),
                 )
-                if self._capacity:
-                    writer.set_declared_capacity(self._capacity)
+                capacity = self._capacity or daemon_capacity(environ)
+                if capacity:
+                    writer.set_declared_capacity(capacity)
             except Exception:
                 _internal_error(writer)
         _ready[self._dir] = writer

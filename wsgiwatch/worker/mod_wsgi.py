@@ -20,6 +20,7 @@ In embedded mode (no daemon times) ``request_start`` is the accept time, as befo
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Final
 
@@ -50,3 +51,13 @@ def mod_wsgi_times(
     accept_ns = wall_to_monotonic_ns(accepted, now_wall_ns, now_mono_ns) if accepted else 0
     arrival_ns = wall_to_monotonic_ns(queue, now_wall_ns, now_mono_ns) if queue else 0
     return accept_ns, arrival_ns, request if (queue or daemon) else 0
+
+
+def daemon_capacity(environ: Mapping[str, object]) -> int | None:
+    """Requests a mod_wsgi daemon process runs at once: its ``threads``, as mod_wsgi's own
+    module says (``mod_wsgi.threads_per_process``); None outside daemon mode."""
+    if not environ.get("mod_wsgi.process_group"):
+        return None  # embedded mode, or not mod_wsgi: Apache's own workers, unknown here
+    module = sys.modules.get("mod_wsgi")
+    threads = getattr(module, "threads_per_process", None)
+    return threads if isinstance(threads, int) and threads > 0 else None
