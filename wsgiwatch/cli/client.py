@@ -21,7 +21,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from wsgiwatch.errors import WsgiwatchError
-from wsgiwatch.sidecar.views import Incident, LiveState, RecentRequests
+from wsgiwatch.sidecar.views import LiveState, RecentRequests
 
 DEFAULT_URL = "http://127.0.0.1:9808"
 DEFAULT_TIMEOUT_S = 5.0
@@ -72,17 +72,6 @@ class Metrics:
             for labels, value in self.samples.get(name, ())
             if all(labels.get(k) == v for k, v in match.items())
         )
-
-    def by_label(self, name: str, label: str, **match: str) -> dict[str, float]:
-        """``name``'s samples summed per value of ``label``."""
-        out: dict[str, float] = {}
-        for labels, value in self.samples.get(name, ()):
-            if label in labels and all(labels.get(k) == v for k, v in match.items()):
-                out[labels[label]] = out.get(labels[label], 0.0) + value
-        return out
-
-    def has(self, name: str) -> bool:
-        return name in self.samples
 
 
 class SidecarClient:
@@ -139,27 +128,3 @@ class SidecarClient:
 
     def recent_requests(self, since_s: float) -> RecentRequests:
         return cast(RecentRequests, self._checked(f"/api/requests?since={since_s:g}", "requests"))
-
-    def incidents(self, limit: int = 100) -> list[Incident]:
-        found = self._checked(f"/api/incidents?limit={limit}", "incidents")["incidents"]
-        return cast(list[Incident], list(found))
-
-    def health(self) -> dict[str, Any]:
-        """``/healthz``; answers even when it says 503 (a stale poll is still an answer)."""
-        url = self.url + "/healthz"
-        try:
-            with urllib.request.urlopen(url, timeout=self.timeout_s) as reply:
-                body = reply.read()
-        except urllib.error.HTTPError as exc:
-            if exc.code != 503:
-                raise SidecarUnreachable(f"{url}: HTTP {exc.code}") from None
-            body = exc.read()
-        except (urllib.error.URLError, OSError) as exc:
-            raise SidecarUnreachable(f"{url}: {getattr(exc, 'reason', exc)}") from None
-        try:
-            data = json.loads(body)
-        except ValueError as exc:
-            raise SidecarUnreachable(f"{url}: not JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise SidecarUnreachable(f"{url}: expected a JSON object")
-        return data

@@ -22,7 +22,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
 from wsgiwatch.cli.client import Metrics, SidecarClient, SidecarUnreachable
-from wsgiwatch.cli.diagnose import EXIT_UNREACHABLE, sidecar_url
+from wsgiwatch.cli.common import EXIT_UNREACHABLE, add_sidecar_options, sidecar_url
+from wsgiwatch.cli.common import seconds_text as _ms
 from wsgiwatch.sidecar.views import LiveState, StallView, WorkerView
 
 Line = tuple[str, str]  # (text, style): style is "", "bold", "dim", "red", "yellow", "head"
@@ -30,10 +31,6 @@ Line = tuple[str, str]  # (text, style): style is "", "bold", "dim", "red", "yel
 _SGR = {"": "", "bold": "1", "dim": "2", "red": "1;31", "yellow": "33", "head": "7"}
 #: A slot running this long is shown in yellow.
 LONG_RUN_S = 1.0
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
 def _mb(rss: Any) -> str:
@@ -106,11 +103,11 @@ def frame(
     if not stalls:
         lines.append(("  none", "dim"))
     for s in sorted(stalls, key=lambda s: -float(s["age_s"])):
-        how = "request not read yet" if s.get("unread") else "request read, not started"
+        how = "request not read yet" if slot.get("unread") else "request read, not started"
         lines.append(
             (
                 f"  worker {s['worker']:<4} waiting {_ms(float(s['age_s'])):>9}  "
-                f"{s.get('peer', ''):<24} {how}",
+                f"{slot.get('peer', ''):<24} {how}",
                 "red",
             )
         )
@@ -214,11 +211,7 @@ def register(subparsers: Any) -> None:
         "Keys: q quits, space or r refreshes now. Exit status: 0, or 2 with --once when "
         "the sidecar could not be read.",
     )
-    parser.add_argument(
-        "--url",
-        default=None,
-        help="the sidecar's address (default: $WSGIWATCH_URL or http://127.0.0.1:9808)",
-    )
+    add_sidecar_options(parser, timeout_s=2.0)
     parser.add_argument(
         "-n",
         "--interval",
@@ -228,9 +221,6 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--once", action="store_true", help="print one frame to standard output and exit"
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=2.0, help="seconds to wait for the sidecar (default 2)"
     )
     parser.set_defaults(handler=command)
 

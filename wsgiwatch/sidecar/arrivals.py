@@ -6,11 +6,11 @@ with max(accept, arrival) taken from the best source a request has:
 - the accept hook: exact accept time, and arrival from ``TCP_INFO`` at accept (on a
   kept-alive connection the accept was for an earlier request: arrival only);
 - mod_wsgi's request start;
-- the kernel: an arrival seen while the request waited, +/-5 ms (kept here between polls,
-  since the request finishes later than the kernel saw it waiting); on a unix socket, which
-  has no kernel times, between the two dumps around its first sighting
-  (:mod:`wsgiwatch.sidecar.unix_waits`), where a front proxy's time inside that window is
-  the finer estimate;
+- the kernel: an arrival seen while the request waited, to within a jiffy or so (DESIGN.md
+  gives the error measured; kept here between polls, since the request finishes later than
+  the kernel saw it waiting); on a unix socket, which has no kernel times, between the two
+  dumps around its first sighting (:mod:`wsgiwatch.sidecar.unix_waits`), where a front
+  proxy's time inside that window is the finer estimate;
 - last a front proxy's ``X-Request-Start`` alone: an upper bound, which includes the proxy
   and the kernel backlog (``inside`` is then False: nothing says the wait was in the
   worker).

@@ -9,8 +9,8 @@ of the server's listeners is then, as DESIGN.md classifies it:
   data sent (waitress, which reads the request before queueing it);
 - otherwise idle (a kept-alive connection between requests) or being served.
 
-A waiting connection's arrival is estimated from ``tcpi_last_data_recv`` (jiffy resolution;
-about +/-5 ms here), against the middle of the dump.
+A waiting connection's arrival is estimated from ``tcpi_last_data_recv`` (jiffy resolution),
+against the middle of the dump (:meth:`wsgiwatch.kernel.KernelSnapshot.arrival_ns`).
 """
 
 from __future__ import annotations

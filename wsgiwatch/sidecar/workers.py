@@ -37,10 +37,7 @@ class Worker:
     )
     slots: list[SlotState] = field(default_factory=list)
     running: list[Run] = field(default_factory=list)
-    # Counters that outlive polls.
-    accepted_total: int = 0
-    busy_seconds_total: float = 0.0
-    last_lost: int = 0
+    last_lost: int = 0  # records its reader found overwritten, as its header counts them
     rss: int | None = None
     #: Seen holding a waiting connection while at capacity: a greedy acceptor (gthread,
     #: waitress), where a proxy's time alone may count toward a blocking verdict.
