@@ -103,11 +103,11 @@ def frame(
     if not stalls:
         lines.append(("  none", "dim"))
     for s in sorted(stalls, key=lambda s: -float(s["age_s"])):
-        how = "request not read yet" if slot.get("unread") else "request read, not started"
+        how = "request not read yet" if s.get("unread") else "request read, not started"
         lines.append(
             (
                 f"  worker {s['worker']:<4} waiting {_ms(float(s['age_s'])):>9}  "
-                f"{slot.get('peer', ''):<24} {how}",
+                f"{s.get('peer', ''):<24} {how}",
                 "red",
             )
         )
