@@ -167,7 +167,7 @@ def test_a_refused_spool_directory_shows_on_the_sidecar_side(tmp_path: Any) -> N
     with apache(str(refused), processes=1) as front:
         with urllib.request.urlopen(front.url + "/r/refused", timeout=10) as reply:
             assert reply.status == 200  # the app is served all the same
-        wait_until(lambda: "recording disabled" in front.error_log(), what="Apache's error log")
+        wait_until(lambda: "recording_disabled" in front.error_log(), what="Apache's error log")
         failed = subprocess.run(
             sidecar_argv(str(refused), free_port()), capture_output=True, text=True, timeout=30
         )

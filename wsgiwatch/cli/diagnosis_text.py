@@ -49,6 +49,16 @@ def notes(d: Diagnosis) -> list[str]:
             "The sidecar cannot read the kernel's socket tables here: live stalls and "
             "backlogs are seen only through the accept hook."
         )
+    reasons: dict[tuple[str, str], list[int]] = {}
+    for unseen in d.unseen_workers:
+        reasons.setdefault((unseen["reason"], unseen["remedy"]), []).append(unseen["worker"])
+    for (reason, remedy), indexes in sorted(reasons.items()):
+        names = ", ".join(str(i) for i in sorted(indexes))
+        out.append(
+            f"The sidecar cannot see the sockets of {_plural(len(indexes), 'worker')} "
+            f"({names}; {reason.replace('_', ' ')}): their stalls and backlog go unseen. "
+            f"To see them: {remedy}."
+        )
     if d.records_dropped:
         out.append(
             f"{d.records_dropped} request records were dropped before the sidecar read "
