@@ -83,11 +83,15 @@ def classify(
     inodes_by_pid: Mapping[int, set[int]],
     serving: Mapping[int, set[tuple[str, int]]],
     served: Mapping[int, Container[tuple[str, int]]],
+    unnamed: Mapping[int, int] | None = None,
 ) -> tuple[list[Waiting], int]:
     """(connections waiting inside workers, connections in the kernel backlog).
 
     ``serving``: per pid, the peers its scoreboard shows being served now; ``served``: per
-    pid, peers it has answered before."""
+    pid, peers it has answered before; ``unnamed``: per pid, how many of the requests it
+    serves have no peer port to find their connection by (bjoern, uWSGI pass none). Those
+    connections are among the candidates: the ones that came first, since a worker takes
+    requests in the order they came, so that many of the oldest are dropped."""
     ports = {s.local_port for s in listeners}
     owner: dict[int, int] = {}
     for pid, inodes in inodes_by_pid.items():
@@ -111,4 +115,8 @@ def classify(
         if arrival is None:  # no tcp_info: it is waiting now, since when is unknown
             arrival = snapshot.midpoint_ns
         waiting.append(Waiting(holder, sock.peer_addr, sock.peer_port, arrival, sock.rqueue > 0))
+    for pid, count in (unnamed or {}).items():
+        mine = sorted((w for w in waiting if w.pid == pid), key=lambda w: w.arrival_ns)
+        dropped = set(map(id, mine[:count]))
+        waiting = [w for w in waiting if id(w) not in dropped]
     return waiting, backlog

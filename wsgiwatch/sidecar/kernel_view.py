@@ -64,8 +64,9 @@ class KernelView:
         held = held_connections(snapshot, unix, inodes)
         self.unix.update(snapshot, held, {w.pid: w.busy for w in live}, now)
         busy = {w.pid: serving(w.slots) for w in live}
+        unnamed = {w.pid: sum(1 for s in w.slots if not s.peer_port) for w in live}
         self.waiting, self.backlog_connections = classify(
-            snapshot, listeners, inodes, busy, answered
+            snapshot, listeners, inodes, busy, answered, {p: n for p, n in unnamed.items() if n}
         )
         return snapshot
 
