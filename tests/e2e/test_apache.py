@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +25,7 @@ from support.deploy_scenario import (
     Outcome,
     api,
     report,
+    run_with_live_look,
     sidecar_views,
     slow_then_fast,
     wait_until,
@@ -64,17 +64,6 @@ def warm(front: Apache, processes: int, url: str) -> None:
     )
 
 
-def run_with_live_look(front: Apache, url: str) -> tuple[list[Outcome], dict[str, Any]]:
-    result: list[list[Outcome]] = []
-    runner = threading.Thread(target=lambda: result.append(slow_then_fast(front.port)))
-    runner.start()
-    time.sleep(0.15 + 6 * 0.02 + 0.7)  # the fast ones have waited 0.7 to 0.8 s
-    state = api(url, "/api/state")
-    runner.join(30)
-    (outcomes,) = result
-    return outcomes, state
-
-
 def check_verdicts(outcomes: list[Outcome], views: dict[str, Any]) -> None:
     table = report(outcomes, views)
     for o in outcomes:
@@ -110,7 +99,7 @@ def test_daemon_backlog_is_never_head_of_line(processes: int, daemon_spool: str)
         warm(front, processes, url)
         # SetEnv WSGIWATCH_DIR reached the daemons through the WSGI environ.
         assert len([n for n in os.listdir(daemon_spool) if n.endswith(".spool")]) == processes
-        outcomes, state = run_with_live_look(front, url)
+        outcomes, state = run_with_live_look(front.port, url)
         views = sidecar_views(url, outcomes)
         check_verdicts(outcomes, views)
         late = [o for o in outcomes[1:] if o.wait_s > WAITED_IF_LATE_S]

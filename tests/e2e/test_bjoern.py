@@ -10,18 +10,14 @@ response is released, flagged "no close seen".
 from __future__ import annotations
 
 import sys
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
 from support.deploy_scenario import (
     WAITED_IF_LATE_S,
-    Outcome,
-    api,
     report,
+    run_with_live_look,
     sidecar_views,
-    slow_then_fast,
 )
 from support.middleware_support import read_spools
 from support.servers import Server, free_port, run_server, sidecar
@@ -42,13 +38,7 @@ def test_a_burst_waits_in_the_backlog_not_in_the_process(bjoern: Server) -> None
     running, port = sidecar(bjoern.spool_dir, "--poll-interval", "0.25")
     with running:
         url = f"http://127.0.0.1:{port}"
-        result: list[list[Outcome]] = []
-        runner = threading.Thread(target=lambda: result.append(slow_then_fast(bjoern.port)))
-        runner.start()
-        time.sleep(0.15 + 6 * 0.02 + 0.7)  # the fast ones have waited 0.7 to 0.8 s
-        state = api(url, "/api/state")
-        runner.join(30)
-        (outcomes,) = result
+        outcomes, state = run_with_live_look(bjoern.port, url)
         views = sidecar_views(url, outcomes)
     table = report(outcomes, views)
     # Client truth: every fast request waited for the slow one...

@@ -16,7 +16,6 @@ import contextlib
 import os
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +27,8 @@ from support.deploy_scenario import (
     Outcome,
     api,
     report,
+    run_with_live_look,
     sidecar_views,
-    slow_then_fast,
     wait_until,
 )
 from support.nginx import Nginx, gunicorn_behind, nginx, uwsgi_behind
@@ -126,18 +125,6 @@ def _metrics(url: str) -> str:
         return str(reply.read().decode())
 
 
-def run_with_live_look(front: Nginx, url: str) -> tuple[list[Outcome], dict[str, Any]]:
-    """The scenario, and the sidecar's live state taken while the fast requests wait."""
-    result: list[list[Outcome]] = []
-    runner = threading.Thread(target=lambda: result.append(slow_then_fast(front.port)))
-    runner.start()
-    time.sleep(0.15 + 6 * 0.02 + 0.7)  # the fast ones have waited 0.7 to 0.8 s
-    state = api(url, "/api/state")
-    runner.join(30)
-    (outcomes,) = result
-    return outcomes, state
-
-
 def check_live_stalls(variant: Variant, outcomes: list[Outcome], state: dict[str, Any]) -> None:
     now = state["now_ns"]
     # Waiting at the sidecar's last poll, and for long enough to have shown in a dump.
@@ -190,7 +177,7 @@ def test_slow_then_fast_behind_nginx(stack: tuple[Variant, Stack]) -> None:
     blocked = 0
     for _ in range(3):  # a run may send every fast request to the idle worker: bounded retry
         before = accepted_total(s.sidecar_url)
-        outcomes, state = run_with_live_look(s.front, s.sidecar_url)
+        outcomes, state = run_with_live_look(s.front.port, s.sidecar_url)
         views = sidecar_views(s.sidecar_url, outcomes)
         check_live_stalls(variant, outcomes, state)
         blocked += check_verdicts(variant, outcomes, views)
@@ -226,7 +213,7 @@ def test_uwsgi_behind_uwsgi_pass_queues_in_the_backlog(processes: int, spool_dir
         running, port = sidecar(spool_dir, "--poll-interval", str(POLL_S))
         with running:
             url = f"http://127.0.0.1:{port}"
-            outcomes, state = run_with_live_look(front, url)
+            outcomes, state = run_with_live_look(front.port, url)
             views = sidecar_views(url, outcomes)
     table = report(outcomes, views)
     for o in outcomes:

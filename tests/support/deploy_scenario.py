@@ -96,6 +96,19 @@ def slow_then_fast(port: int, *, slow_s: float = SLOW_S, fast: int = FAST_COUNT)
     return outcomes
 
 
+def run_with_live_look(port: int, sidecar_url: str) -> tuple[list[Outcome], dict[str, Any]]:
+    """:func:`slow_then_fast`, and the sidecar's live state (``/api/state``) taken while the
+    fast requests wait (0.7 to 0.8 s after they were sent)."""
+    result: list[list[Outcome]] = []
+    runner = threading.Thread(target=lambda: result.append(slow_then_fast(port)))
+    runner.start()
+    time.sleep(0.15 + FAST_COUNT * 0.02 + 0.7)
+    state = api(sidecar_url, "/api/state")
+    runner.join(30)
+    (outcomes,) = result
+    return outcomes, state
+
+
 def api(sidecar_url: str, path: str) -> Any:
     with urllib.request.urlopen(sidecar_url + path, timeout=5) as reply:
         return json.load(reply)

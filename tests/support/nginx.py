@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from support.servers import TESTS_DIR, VENV_BIN, free_port, wait_for_port
+from support.servers import TESTS_DIR, VENV_BIN, free_port, gunicorn_argv, wait_for_port
 from wsgiwatch.cli.process_group import stop_group
 
 NGINX = shutil.which("nginx", path="/usr/sbin:/usr/bin") or "/usr/sbin/nginx"
@@ -144,6 +144,40 @@ def wait_for_unix(path: str, proc: subprocess.Popen[bytes], timeout: float = 20.
 
 
 @contextlib.contextmanager
+def _upstream(
+    argv: Sequence[str], spool_dir: str, env: dict[str, str] | None, address: str
+) -> Iterator[Upstream]:
+    """Run an app server (its own process group) until the block ends; ``address`` is where
+    it listens, as nginx's ``server`` says it: ``unix:/path`` or ``127.0.0.1:port``."""
+    full_env = dict(os.environ, WSGIWATCH_DIR=spool_dir, PYTHONPATH=TESTS_DIR)
+    full_env.update(env or {})
+    proc = subprocess.Popen(
+        argv, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        if address.startswith("unix:"):
+            wait_for_unix(address[5:], proc)
+        else:
+            wait_for_port(int(address.rsplit(":", 1)[1]), proc)
+        yield Upstream(proc, address, spool_dir)
+    finally:
+        stop_group(proc)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+@contextlib.contextmanager
+def _socket_dir() -> Iterator[str]:
+    """A temp dir for a unix socket, 0755 so that nginx's www-data workers reach it."""
+    path = tempfile.mkdtemp(prefix="wsgiwatch-sock-")
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def gunicorn_behind(
     app: str,
     spool_dir: str,
@@ -155,50 +189,13 @@ def gunicorn_behind(
     extra: Sequence[str] = (),
     env: dict[str, str] | None = None,
 ) -> Iterator[Upstream]:
-    """gunicorn serving ``app`` on a unix socket (in a 0755 temp dir, so nginx's www-data
-    workers reach it; gunicorn's socket is 0777 with its default umask 0) or on a free TCP
-    port of 127.0.0.1."""
-    sock_dir = tempfile.mkdtemp(prefix="wsgiwatch-sock-")
-    os.chmod(sock_dir, 0o755)
-    if unix:
-        path = os.path.join(sock_dir, "gunicorn.sock")
-        bind, address = f"unix:{path}", f"unix:{path}"
-    else:
-        port = free_port()
-        bind = address = f"127.0.0.1:{port}"
-    argv = [
-        os.path.join(VENV_BIN, "gunicorn"),
-        "--bind",
-        bind,
-        "--workers",
-        str(workers),
-        "--threads",
-        str(threads),
-        "--worker-class",
-        worker_class,
-        "--graceful-timeout",
-        "2",
-        "--log-level",
-        "warning",
-        *extra,
-        app,
-    ]
-    full_env = dict(os.environ, WSGIWATCH_DIR=spool_dir, PYTHONPATH=TESTS_DIR)
-    full_env.update(env or {})
-    proc = subprocess.Popen(
-        argv, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        if unix:
-            wait_for_unix(path, proc)
-        else:
-            wait_for_port(port, proc)
-        yield Upstream(proc, address, spool_dir)
-    finally:
-        stop_group(proc)
-        if proc.stdout:
-            proc.stdout.close()
-        shutil.rmtree(sock_dir, ignore_errors=True)
+    """gunicorn serving ``app`` on a unix socket (gunicorn's socket is 0777 with its default
+    umask 0) or on a free TCP port of 127.0.0.1."""
+    with _socket_dir() as sock_dir:
+        address = f"unix:{sock_dir}/gunicorn.sock" if unix else f"127.0.0.1:{free_port()}"
+        argv = gunicorn_argv(app, address, worker_class, workers, threads, extra)
+        with _upstream(argv, spool_dir, env, address) as upstream:
+            yield upstream
 
 
 @contextlib.contextmanager
@@ -207,39 +204,27 @@ def uwsgi_behind(
 ) -> Iterator[Upstream]:
     """uWSGI (PyPI's build) speaking the uwsgi protocol on a unix socket, for nginx's
     ``uwsgi_pass``: forked workers, one thread each, each accepting only when free."""
-    sock_dir = tempfile.mkdtemp(prefix="wsgiwatch-sock-")
-    os.chmod(sock_dir, 0o755)
-    path = os.path.join(sock_dir, "uwsgi.sock")
-    argv = [
-        os.path.join(VENV_BIN, "uwsgi"),
-        "--socket",
-        path,
-        "--chmod-socket=666",  # nginx's workers run as www-data
-        "--master",
-        "--processes",
-        str(processes),
-        "--threads",
-        "1",
-        "--virtualenv",
-        os.path.dirname(VENV_BIN),
-        "--pythonpath",
-        TESTS_DIR,
-        "--module",
-        module,
-        "--need-app",
-        "--die-on-term",  # SIGTERM stops it (uWSGI 2.0 would reload)
-        "--disable-logging",
-    ]
-    full_env = dict(os.environ, WSGIWATCH_DIR=spool_dir, PYTHONPATH=TESTS_DIR)
-    full_env.update(env or {})
-    proc = subprocess.Popen(
-        argv, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        wait_for_unix(path, proc)
-        yield Upstream(proc, f"unix:{path}", spool_dir)
-    finally:
-        stop_group(proc)
-        if proc.stdout:
-            proc.stdout.close()
-        shutil.rmtree(sock_dir, ignore_errors=True)
+    with _socket_dir() as sock_dir:
+        path = os.path.join(sock_dir, "uwsgi.sock")
+        argv = [
+            os.path.join(VENV_BIN, "uwsgi"),
+            "--socket",
+            path,
+            "--chmod-socket=666",  # nginx's workers run as www-data
+            "--master",
+            "--processes",
+            str(processes),
+            "--threads",
+            "1",
+            "--virtualenv",
+            os.path.dirname(VENV_BIN),
+            "--pythonpath",
+            TESTS_DIR,
+            "--module",
+            module,
+            "--need-app",
+            "--die-on-term",  # SIGTERM stops it (uWSGI 2.0 would reload)
+            "--disable-logging",
+        ]
+        with _upstream(argv, spool_dir, env, f"unix:{path}") as upstream:
+            yield upstream
