@@ -182,3 +182,21 @@ def test_a_daemons_capacity_is_its_threads(daemon_spool: str) -> None:
         warm(front, 1, url)
         ((worker),) = api(url, "/api/state")["workers"]
         assert worker["capacity"] == 3
+
+
+@pytest.mark.timeout(60)
+def test_a_sub_interpreter_records_in_python_and_diagnose_says_why(daemon_spool: str) -> None:
+    """An application group other than %{GLOBAL} is a sub-interpreter, which the C path
+    does not serve: the worker records in Python, and diagnose names the cause (not a
+    missing compiler)."""
+    with (
+        apache(daemon_spool, processes=1, application_group="app") as front,
+        daemon_sidecar(daemon_spool, "--poll-interval", str(POLL_S)) as (_, port),
+    ):
+        url = f"http://127.0.0.1:{port}"
+        warm(front, 1, url)
+        ((worker),) = api(url, "/api/state")["workers"]
+        assert worker["accelerated"] is False
+        text = diagnose(url)
+        assert "sub-interpreter" in text and "WSGIApplicationGroup %{GLOBAL}" in text, text
+        assert "compiler" not in text.split("sub-interpreter")[0], text

@@ -59,7 +59,7 @@ WSGIRestrictEmbedded On
 WSGIDaemonProcess app processes={processes} threads={threads} display-name=wsgiwatch-app \
     python-path={python_path}{daemon_options}
 WSGIProcessGroup app
-WSGIApplicationGroup %{{GLOBAL}}
+WSGIApplicationGroup {application_group}
 WSGIScriptAlias / {script}
 {set_env}
 <Directory {script_dir}>
@@ -102,6 +102,7 @@ def apache(
     set_env: bool = True,
     envvars: bool = False,
     dumpable: bool = False,
+    application_group: str = "%{GLOBAL}",
     daemon_options: Sequence[str] = (),
 ) -> Iterator[Apache]:
     """Apache + mod_wsgi daemon mode serving ``script`` on a free port; ``WSGIWATCH_DIR``
@@ -127,6 +128,7 @@ def apache(
         script=script,
         script_dir=os.path.dirname(script),
         set_env=f"SetEnv WSGIWATCH_DIR {spool_dir}" if set_env else "",
+        application_group=application_group,
     )
     if dumpable:
         os.mkdir(os.path.join(root, "cores"), 0o700)
