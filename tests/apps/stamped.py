@@ -51,4 +51,6 @@ def raw_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     return [body]
 
 
-application = WSGIWatch(raw_app)
+#: Behind one front proxy (nginx) whose X-Request-Start it believes; under Apache no header
+#: comes, and mod_wsgi's own times are read whatever this says.
+application = WSGIWatch(raw_app, trusted_proxies=1)

@@ -264,7 +264,7 @@ def _behind_a_proxy(app: Any) -> Any:
 def test_internal_error_at_exit_leaves_the_response_alone(
     watch_dir: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    watched = WSGIWatch(raw_app, spool_dir=watch_dir, **SMALL)
+    watched = WSGIWatch(raw_app, spool_dir=watch_dir, trusted_proxies=1, **SMALL)
     assert_unchanged(watched, ["/kinds/list1"])  # opens the spool, one good record
     with swapped(accept_sources, proxy_wall_ns=_boom):  # a front proxy's header is read at exit
         assert_unchanged(_behind_a_proxy(watched))

@@ -50,6 +50,8 @@ def mod_wsgi_times(
     accepted = daemon or (request if not queue else 0)
     accept_ns = wall_to_monotonic_ns(accepted, now_wall_ns, now_mono_ns) if accepted else 0
     arrival_ns = wall_to_monotonic_ns(queue, now_wall_ns, now_mono_ns) if queue else 0
+    if accept_ns <= 0 or arrival_ns < 0:  # before this machine booted: cannot be right
+        return 0, 0, 0
     return accept_ns, arrival_ns, request if (queue or daemon) else 0
 
 
