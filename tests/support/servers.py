@@ -82,10 +82,18 @@ def gunicorn(
 ) -> contextlib.AbstractContextManager[Server]:
     """gunicorn serving ``app`` (``module:callable`` importable from tests/)."""
     port = free_port()
-    argv = [
+    argv = gunicorn_argv(app, f"127.0.0.1:{port}", worker_class, workers, threads, extra)
+    return run_server(argv, port, spool_dir, env)
+
+
+def gunicorn_argv(
+    app: str, bind: str, worker_class: str, workers: int, threads: int, extra: Sequence[str]
+) -> list[str]:
+    """The gunicorn command line the tests use, bound to ``bind`` (host:port, unix:path)."""
+    return [
         os.path.join(VENV_BIN, "gunicorn"),
         "--bind",
-        f"127.0.0.1:{port}",
+        bind,
         "--workers",
         str(workers),
         "--threads",
@@ -99,7 +107,6 @@ def gunicorn(
         *extra,
         app,
     ]
-    return run_server(argv, port, spool_dir, env)
 
 
 def waitress(

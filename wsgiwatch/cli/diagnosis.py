@@ -25,6 +25,7 @@ from wsgiwatch.sidecar.views import (
     LiveState,
     RecentRequests,
     RequestView,
+    UnseenWorker,
     WorkerView,
 )
 
@@ -115,6 +116,7 @@ class Diagnosis:
     window_cut: bool  # the sidecar kept fewer requests than the window held
     pure_python_workers: int  # live workers recording without the C accelerator
     kernel_visible: bool  # the sidecar reads the kernel's socket tables
+    unseen_workers: list[UnseenWorker]  # live workers whose sockets it cannot see, and why
     records_dropped: int  # request records lost before the sidecar read them
 
     @property
@@ -269,5 +271,6 @@ def analyse(snapshot: Snapshot) -> Diagnosis:
         window_cut=len(requests) >= RECENT_KEPT,
         pure_python_workers=sum(1 for w in live if w.get("accelerated") is False),
         kernel_visible=bool(snapshot.state.get("kernel", False)),
+        unseen_workers=list(snapshot.state.get("kernel_unseen_workers", [])),
         records_dropped=int(metrics.total("wsgiwatch_spool_records_dropped_total")),
     )

@@ -38,16 +38,34 @@ def notes(d: Diagnosis) -> list[str]:
         )
     if d.pure_python_workers:
         n = d.pure_python_workers
+        why = (
+            # The C path serves the main interpreter only; mod_wsgi puts each application
+            # group in a sub-interpreter of its own.
+            "mod_wsgi runs the app in a sub-interpreter, which the C accelerator does not "
+            "serve (WSGIApplicationGroup %{GLOBAL} runs it in the main one), or the "
+            "accelerator is not built there, or WSGIWATCH_PURE_PYTHON is set"
+            if "mod_wsgi" in d.server
+            else "wsgiwatch's C accelerator is not built there (no C compiler at install "
+            "time) or WSGIWATCH_PURE_PYTHON is set"
+        )
         out.append(
-            f"{_plural(n, 'worker')} record{'s' if n == 1 else ''} in pure Python: "
-            "wsgiwatch's C accelerator is not built there (no C compiler at install time) "
-            "or WSGIWATCH_PURE_PYTHON is set. Recording then costs several times more per "
-            "request (docs/benchmarks.md); reinstall with gcc and the Python headers."
+            f"{_plural(n, 'worker')} record{'s' if n == 1 else ''} in pure Python: {why}. "
+            "Recording then costs several times more per request (docs/benchmarks.md)."
         )
     if not d.kernel_visible:
         out.append(
             "The sidecar cannot read the kernel's socket tables here: live stalls and "
             "backlogs are seen only through the accept hook."
+        )
+    reasons: dict[tuple[str, str], list[int]] = {}
+    for unseen in d.unseen_workers:
+        reasons.setdefault((unseen["reason"], unseen["remedy"]), []).append(unseen["worker"])
+    for (reason, remedy), indexes in sorted(reasons.items()):
+        names = ", ".join(str(i) for i in sorted(indexes))
+        out.append(
+            f"The sidecar cannot see the sockets of {_plural(len(indexes), 'worker')} "
+            f"({names}; {reason.replace('_', ' ')}): their stalls and backlog go unseen. "
+            f"To see them: {remedy}."
         )
     if d.records_dropped:
         out.append(
