@@ -15,12 +15,13 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from wsgiwatch.errors import WsgiwatchError
+from wsgiwatch.sidecar.views import LiveState, RecentRequests
 
 DEFAULT_URL = "http://127.0.0.1:9808"
 DEFAULT_TIMEOUT_S = 5.0
@@ -122,8 +123,8 @@ class SidecarClient:
         except ValueError as exc:
             raise SidecarUnreachable(f"{self.url}/metrics: not Prometheus text ({exc})") from None
 
-    def state(self) -> dict[str, Any]:
-        return self._checked("/api/state", "workers")
+    def state(self) -> LiveState:
+        return cast(LiveState, self._checked("/api/state", "workers"))
 
-    def recent_requests(self, since_s: float) -> dict[str, Any]:
-        return self._checked(f"/api/requests?since={since_s:g}", "requests")
+    def recent_requests(self, since_s: float) -> RecentRequests:
+        return cast(RecentRequests, self._checked(f"/api/requests?since={since_s:g}", "requests"))

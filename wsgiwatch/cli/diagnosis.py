@@ -21,7 +21,14 @@ from wsgiwatch.cli.common import EXIT_BLOCKING, EXIT_HEALTHY
 from wsgiwatch.remedies.catalog import Deployment
 from wsgiwatch.remedies.recorded import deployment_from
 from wsgiwatch.sidecar.contract import MonitorProtocol
-from wsgiwatch.sidecar.monitor import RECENT_KEPT
+from wsgiwatch.sidecar.views import (
+    RECENT_KEPT,
+    ListenerView,
+    LiveState,
+    RecentRequests,
+    RequestView,
+    WorkerView,
+)
 
 #: Accept imbalance is reported when a worker took this much more than its fair share...
 IMBALANCE_FACTOR = 1.5
@@ -41,8 +48,8 @@ class Snapshot:
     """What a diagnosis is made from: the sidecar's three views, read at about one time."""
 
     window_s: float
-    recent: dict[str, Any]  # /api/requests
-    state: dict[str, Any]  # /api/state
+    recent: RecentRequests  # /api/requests
+    state: LiveState  # /api/state
     metrics: Metrics  # /metrics
 
     @classmethod
@@ -102,7 +109,7 @@ class Diagnosis:
     process_wait_s: float  # all waiting inside processes in the window
     backlog_wait_s: float | None  # kernel accept queue, since the sidecar started
     backlog_waits: int
-    backlog_now: list[dict[str, Any]]
+    backlog_now: list[ListenerView]
     stalls_now: int
     oldest_stall_s: float
     imbalance: list[tuple[int, int, float]]  # (worker, connections, share) when uneven
@@ -144,10 +151,11 @@ def _imbalance(
     return []
 
 
-def _example(r: dict[str, Any] | None) -> dict[str, Any] | None:
+def _example(r: RequestView | None) -> dict[str, Any] | None:
     if r is None:
         return None
-    blockers = r.get("blockers") or [{}]
+    blockers = r.get("blockers")
+    first: dict[str, Any] = dict(blockers[0]) if blockers else {}
     return {
         "method": r.get("method"),
         "route": r.get("route"),
@@ -155,8 +163,8 @@ def _example(r: dict[str, Any] | None) -> dict[str, Any] | None:
         "pid": r.get("pid"),
         "wait_s": r.get("wait_s"),
         "misrouted": bool(r.get("misrouted")),
-        "blocker_route": blockers[0].get("route"),
-        "blocker_request": blockers[0].get("request"),
+        "blocker_route": first.get("route"),
+        "blocker_request": first.get("request"),
     }
 
 
@@ -174,8 +182,8 @@ def _blame(route_blocked: Counter[str], route_seconds: dict[str, float]) -> list
 
 
 def analyse(snapshot: Snapshot) -> Diagnosis:
-    requests: list[dict[str, Any]] = snapshot.recent.get("requests", [])
-    live: list[dict[str, Any]] = snapshot.state.get("workers", [])
+    requests: list[RequestView] = snapshot.recent.get("requests", [])
+    live: list[WorkerView] = snapshot.state.get("workers", [])
     facts: dict[int, WorkerFacts] = {
         int(w["worker"]): WorkerFacts(int(w["worker"]), int(w["pid"])) for w in live
     }
@@ -186,7 +194,7 @@ def analyse(snapshot: Snapshot) -> Diagnosis:
     waits: list[float] = []
     process_wait = 0.0
     timed = misrouted = keep_alive = 0
-    worst: dict[str, Any] | None = None
+    worst: RequestView | None = None
     for r in requests:
         index = int(r["worker"])
         wf = facts.setdefault(index, WorkerFacts(index, r.get("pid")))
@@ -215,7 +223,7 @@ def analyse(snapshot: Snapshot) -> Diagnosis:
         accept, ready = r.get("accept_ns"), r.get("ready_ns")
         if accept and ready and ready - accept > KEEP_ALIVE_GAP_NS:
             keep_alive += 1
-        if worst is None or wait > worst["wait_s"]:
+        if worst is None or wait > (worst["wait_s"] or 0.0):
             worst = r
     for index, conns in peers.items():
         facts[index].connections = len(conns)

@@ -14,7 +14,7 @@ from wsgiwatch.cli.common import plural as _plural
 from wsgiwatch.cli.common import seconds_text as _s
 from wsgiwatch.cli.common import window_text as _window
 from wsgiwatch.cli.diagnosis import Diagnosis
-from wsgiwatch.sidecar.monitor import RECENT_KEPT
+from wsgiwatch.sidecar.views import RECENT_KEPT
 
 
 def notes(d: Diagnosis) -> list[str]:

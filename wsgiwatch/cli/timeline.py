@@ -22,6 +22,7 @@ from typing import Any
 from wsgiwatch.cli.client import SidecarClient, SidecarUnreachable
 from wsgiwatch.cli.common import EXIT_UNREACHABLE, add_sidecar_options, duration_arg, sidecar_url
 from wsgiwatch.cli.common import seconds_text as _ms
+from wsgiwatch.sidecar.views import RecentRequests
 
 LABEL_W = 200  # px, the row labels on the left
 PLOT_W = 1100  # px, the time axis
@@ -325,10 +326,10 @@ def _table(blocked: list[dict[str, Any]], offset: int, by_id: dict[str, Any]) ->
     return "\n".join(out)
 
 
-def render_html(recent: dict[str, Any], source: str = "", min_wait_s: float = 0.001) -> str:
+def render_html(recent: RecentRequests, source: str = "", min_wait_s: float = 0.001) -> str:
     """The timeline page for an ``/api/requests`` answer (``monitor.recent_requests()``)."""
     offset = int(recent.get("wall_offset_ns") or 0)
-    requests = [dict(r) for r in recent.get("requests", [])]
+    requests: list[dict[str, Any]] = [dict(r) for r in recent.get("requests", [])]
     by_id = {req_id(r["pid"], r["request"]): r for r in requests}
     for r in requests:
         for b in _shown_blockers(r):

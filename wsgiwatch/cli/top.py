@@ -24,6 +24,7 @@ from typing import Any, TextIO
 from wsgiwatch.cli.client import Metrics, SidecarClient, SidecarUnreachable
 from wsgiwatch.cli.common import EXIT_UNREACHABLE, add_sidecar_options, sidecar_url
 from wsgiwatch.cli.common import seconds_text as _ms
+from wsgiwatch.sidecar.views import LiveState, StallView, WorkerView
 
 Line = tuple[str, str]  # (text, style): style is "", "bold", "dim", "red", "yellow", "head"
 
@@ -37,7 +38,7 @@ def _mb(rss: Any) -> str:
 
 
 def frame(
-    state: dict[str, Any] | None,
+    state: LiveState | None,
     metrics: Metrics | None,
     url: str,
     interval_s: float | None = None,
@@ -55,8 +56,8 @@ def frame(
         lines.append(("retrying...", "dim"))
         return lines
     assert state is not None
-    workers: list[dict[str, Any]] = state.get("workers", [])
-    stalls: list[dict[str, Any]] = state.get("stalls", [])
+    workers: list[WorkerView] = state.get("workers", [])
+    stalls: list[StallView] = state.get("stalls", [])
     busy = sum(int(w.get("busy") or 0) for w in workers)
     capacity = sum(int(w.get("capacity") or 0) for w in workers)
     summary = f"workers {len(workers)}   busy {busy}/{capacity}   stalled {len(stalls)}"
@@ -88,13 +89,13 @@ def frame(
         slots = sorted(w.get("slots") or [], key=lambda s: -float(s.get("running_s") or 0))
         if not slots:
             lines.append(("         idle", "dim"))
-        for s in slots:
-            running = float(s.get("running_s") or 0)
-            what = f"{s.get('method', '')} {s.get('path', '')}"
+        for slot in slots:
+            running = float(slot.get("running_s") or 0)
+            what = f"{slot.get('method', '')} {slot.get('path', '')}"
             lines.append(
                 (
-                    f"         tid {s.get('tid', '?'):<8} {what[:40]:<40} {_ms(running):>9}  "
-                    f"{s.get('peer', '')}",
+                    f"         tid {slot.get('tid', '?'):<8} {what[:40]:<40} {_ms(running):>9}  "
+                    f"{slot.get('peer', '')}",
                     "yellow" if running >= LONG_RUN_S else "",
                 )
             )
@@ -139,7 +140,7 @@ def paint(lines: list[Line], width: int, height: int | None, color: bool) -> lis
     return out
 
 
-def _read(client: SidecarClient) -> tuple[dict[str, Any] | None, Metrics | None, str | None]:
+def _read(client: SidecarClient) -> tuple[LiveState | None, Metrics | None, str | None]:
     try:
         return client.state(), client.metrics(), None
     except SidecarUnreachable as exc:
