@@ -3,17 +3,17 @@ shapes asked for) would have done with the traffic just recorded."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from wsgiwatch.remedies.catalog import Deployment, remedies_for
 from wsgiwatch.remedies.forecast import Forecast, forecast
 from wsgiwatch.remedies.model import Shape
 from wsgiwatch.remedies.recorded import jobs_from
+from wsgiwatch.sidecar.views import RequestView
 
 
 def predict(
-    requests: Sequence[Mapping[str, Any]],
+    requests: Sequence[RequestView],
     deployment: Deployment,
     threshold_s: float,
     options: Sequence[tuple[str, Shape]] | None = None,

@@ -10,12 +10,12 @@ after it, a kept-alive connection's next request.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from wsgiwatch.remedies.catalog import Deployment, server_family
 from wsgiwatch.remedies.model import Job
+from wsgiwatch.sidecar.views import RequestView, WorkerView
 
 #: Timing sources that place a request in its worker (not a proxy's header time).
 PROCESS_SOURCES = frozenset({"hook", "mod_wsgi", "kernel"})
@@ -40,16 +40,16 @@ class Recorded:
         return (last - first) / 1e9
 
 
-def _arrival(r: Mapping[str, Any]) -> tuple[int, int] | None:
+def _arrival(r: RequestView) -> tuple[int, int] | None:
     """(arrival, ready) of a request, or None when unknown."""
-    if r.get("wait_source") not in PROCESS_SOURCES or not r.get("ready_ns"):
+    ready = r.get("ready_ns")
+    if r.get("wait_source") not in PROCESS_SOURCES or not ready:
         return None
-    ready = int(r["ready_ns"])
     known = [int(t) for t in (r.get("accept_ns"), r.get("arrival_ns")) if t]
     return min([*known, ready]), ready
 
 
-def jobs_from(requests: Sequence[Mapping[str, Any]]) -> Recorded:
+def jobs_from(requests: Sequence[RequestView]) -> Recorded:
     jobs: list[Job] = []
     measured: list[int] = []
     blocked = untimed = 0
@@ -67,7 +67,7 @@ def jobs_from(requests: Sequence[Mapping[str, Any]]) -> Recorded:
     return Recorded(jobs, measured, blocked, untimed, len({j.worker for j in jobs}))
 
 
-def deployment_from(workers: Sequence[Mapping[str, Any]], seen_workers: int) -> Deployment:
+def deployment_from(workers: Sequence[WorkerView], seen_workers: int) -> Deployment:
     """The server as its live workers report it (``/api/state``'s ``workers``);
     ``seen_workers`` (those that served recorded requests) counts when none is live."""
     server = next((str(w["server"]) for w in workers if w.get("server")), "")
