@@ -30,7 +30,7 @@ from wsgiwatch.cli.advice import advice_for
 from wsgiwatch.cli.diagnosis import Snapshot, analyse
 from wsgiwatch.cli.diagnosis_text import render
 from wsgiwatch.cli.process_group import stop_group
-from wsgiwatch.cli.timeline import render_html
+from wsgiwatch.cli.timeline_html import render_html
 from wsgiwatch.sidecar.monitor import Monitor
 
 Server = Literal["gthread", "waitress", "sync"]
