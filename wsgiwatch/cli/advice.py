@@ -6,7 +6,10 @@ Three rules. A remedy is offered only if it is proven on that server
 for this deployment, what it costs, and what it would have done with the traffic just
 recorded (:mod:`wsgiwatch.remedies.forecast`), or why no prediction could be made. Where
 nothing is proven, the advice says so and explains what happens, without guessing at
-settings. Nothing already in place is advised.
+settings. Nothing already in place is advised: the accept hook is not offered where some
+worker has it or none can (gevent), and a remedy is offered only while requests are found
+blocked, which its own effect rules out (with ``--worker-connections`` equal to
+``--threads``, no gthread worker accepts while its threads are all busy).
 """
 
 from __future__ import annotations

@@ -59,14 +59,14 @@ def shape_asked(deployment: Deployment, args: argparse.Namespace) -> list[tuple[
     return [(shape.describe(), shape)]
 
 
-def _pair(s: Scenario | None, route: str | None) -> str:
-    if s is None:
+def _pair(s: Scenario, route: str | None) -> str:
+    """``p50 / p99`` of ``route`` in ``s`` (of all requests when None)."""
+    if route is None:
+        return f"{seconds_text(s.p50_s)} / {seconds_text(s.p99_s)}"
+    figures = s.route(route)
+    if figures is None:
         return "-"
-    figures = s.route(route) if route else None
-    if route and figures is None:
-        return "-"
-    p50, p99 = (figures.p50_s, figures.p99_s) if figures else (s.p50_s, s.p99_s)
-    return f"{seconds_text(p50)} / {seconds_text(p99)}"
+    return f"{seconds_text(figures.p50_s)} / {seconds_text(figures.p99_s)}"
 
 
 def render(f: Forecast, window_s: float, server: str, source: str = "") -> str:
@@ -110,7 +110,7 @@ def render(f: Forecast, window_s: float, server: str, source: str = "") -> str:
         f"{'kernel backlog p99':<32}"
         + "".join(f"{seconds_text(s.backlog_p99_s):<22}" for _, s in columns)
     )
-    return "\n".join(out) + "\n"
+    return "\n".join(line.rstrip() for line in out) + "\n"
 
 
 def register(subparsers: Any) -> None:
