@@ -54,7 +54,8 @@ def arrival_from_tcp_info(info: bytes, now_ns: int) -> int:
     if _BYTES_RECEIVED.unpack_from(info, 128)[0] == 0:
         return 0
     last_recv_ms: int = _LAST_DATA_RECV.unpack_from(info, 52)[0]
-    return now_ns - last_recv_ms * 1_000_000
+    arrival = now_ns - last_recv_ms * 1_000_000
+    return arrival if arrival > 0 else 0  # never a time before this machine booted
 
 
 def record_accept(sock: socket.socket, addr: Any, spool_dir: str) -> None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from wsgiwatch.spool import layout as fmt
 from wsgiwatch.spool.writer import DEFAULT_ACCEPTS, DEFAULT_RING, DEFAULT_SLOTS, SpoolWriter
+from wsgiwatch.worker.call_state import TRUSTED_PROXIES_MAX
 from wsgiwatch.worker.internal_errors import internal_error
 from wsgiwatch.worker.process_spool import request_geometry, resolve_dir, writer_for
 from wsgiwatch.worker.request_keys import server_software
@@ -38,7 +39,7 @@ class WatchSettings:
     _capacity: int | None
     _dir: str
     _geometry: tuple[int, int, int]
-    _proxy_headers: bool
+    _trusted_proxies: int
 
     def __init__(
         self,
@@ -46,7 +47,7 @@ class WatchSettings:
         *,
         spool_dir: str | None = None,
         capacity: int | None = None,
-        proxy_headers: bool = True,
+        trusted_proxies: int = 0,
         slots: int = DEFAULT_SLOTS,
         ring_size: int = DEFAULT_RING,
         accept_events: int = DEFAULT_ACCEPTS,
@@ -56,18 +57,22 @@ class WatchSettings:
         ``spool_dir``: where the spool files go (default ``$WSGIWATCH_DIR``, else a private
         per-user directory in ``/dev/shm`` or the temp dir). ``capacity``: how many requests
         one process runs at once (threads), if you want to state it; otherwise the sidecar
-        infers it. ``proxy_headers``: read ``X-Request-Start`` / ``X-Queue-Start`` from a
-        front proxy (only ever a timestamp; never stored otherwise). ``slots``,
+        infers it. ``trusted_proxies``: how many front proxies add ``X-Request-Start`` /
+        ``X-Queue-Start`` to each request (werkzeug ``ProxyFix`` style); the value the
+        outermost of them added is read (only ever as a timestamp). 0, the default: the
+        headers are ignored, since any client can send them. ``slots``,
         ``ring_size``, ``accept_events``: the spool's geometry (docs/spool-format.md).
         """
         if not (0 < slots < fmt.NO_SLOT and ring_size > 0 and accept_events > 0):
             raise ValueError("slots (below 65535), ring_size and accept_events must be positive")
         if capacity is not None and capacity < 1:
             raise ValueError("capacity must be positive")
+        if not 0 <= trusted_proxies <= TRUSTED_PROXIES_MAX:
+            raise ValueError(f"trusted_proxies must be 0 to {TRUSTED_PROXIES_MAX}")
         self.app = app
         self._dir = resolve_dir(spool_dir)
         self._capacity = capacity
-        self._proxy_headers = proxy_headers
+        self._trusted_proxies = trusted_proxies
         self._geometry = (slots, ring_size, accept_events)
         request_geometry(self._dir, self._geometry)
 
