@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from wsgiwatch.cli.client import Metrics, SidecarClient
 from wsgiwatch.cli.common import EXIT_BLOCKING, EXIT_HEALTHY
+from wsgiwatch.remedies.catalog import Deployment
+from wsgiwatch.remedies.recorded import deployment_from
 from wsgiwatch.sidecar.contract import MonitorProtocol
 from wsgiwatch.sidecar.views import (
     RECENT_KEPT,
@@ -91,7 +93,7 @@ class Diagnosis:
     server: str
     workers_live: int
     capacity: int
-    cooperative: bool  # greenlets (gevent) rather than threads
+    deployment: Deployment  # the server and its worker shape, as the workers report it
     accept_hook: bool  # on in every live worker (or, none live, it timed the requests)
     hook_workers: int  # live workers whose accepts the hook records
     requests: int
@@ -246,7 +248,7 @@ def analyse(snapshot: Snapshot) -> Diagnosis:
         server=next((w["server"] for w in live if w.get("server")), ""),
         workers_live=len(live),
         capacity=max((int(w.get("capacity") or 1) for w in live), default=1),
-        cooperative=any(w.get("cooperative") for w in live),
+        deployment=deployment_from(live, len(facts)),
         accept_hook=hooked,
         hook_workers=hook_workers,
         requests=len(requests),

@@ -8,6 +8,7 @@ in a benchmark) are in the docs, not in this text.
 
 from __future__ import annotations
 
+from wsgiwatch.cli.advice import Advice
 from wsgiwatch.cli.common import paragraph as _para
 from wsgiwatch.cli.common import plural as _plural
 from wsgiwatch.cli.common import seconds_text as _s
@@ -195,7 +196,21 @@ def _where_waited(d: Diagnosis) -> list[str]:
     return out
 
 
-def render(d: Diagnosis, advice: list[str], source: str = "") -> str:
+def _advice(a: Advice) -> list[str]:
+    """A bullet, then for a remedy exactly what to change (``add:`` is what to type)."""
+    out = [_para(a.text, "  ", "- ")]
+    for label, value in (
+        ("add", a.flags),
+        ("or in the config file", a.config),
+        ("predicted", a.prediction),
+        ("cost", a.cost),
+    ):
+        if value:
+            out.append(_para(f"{label}: {value}", "      ", ""))
+    return out
+
+
+def render(d: Diagnosis, advice: list[Advice], source: str = "") -> str:
     """The whole report: verdict, who blocked whom, where waiting happened, what to change
     (``advice``, most useful first), and what limits these figures."""
     head = f"wsgiwatch diagnose{': ' + source if source else ''}, last {_window(d.window_s)}"
@@ -211,7 +226,8 @@ def render(d: Diagnosis, advice: list[str], source: str = "") -> str:
         out += _where_waited(d)
     if advice:
         out += ["", "What to change:"]
-        out += [_para(a, "  ", "- ") for a in advice]
+        for a in advice:
+            out += _advice(a)
     found = notes(d)
     if found:
         out += ["", "Notes:"]
