@@ -15,8 +15,10 @@ import pytest
 from faults.hostile import MAKERS, header
 from support.hol_scenario import wait_until
 from support.servers import gunicorn, sidecar
+from support.sidecar_support import Req, finish, make_spool
 
 from wsgiwatch.errors import SpoolFormatError, SpoolNotReady
+from wsgiwatch.kernel.procfs import process_start_ticks
 from wsgiwatch.spool import layout as fmt
 from wsgiwatch.spool.reader import SpoolReader, list_spools
 
@@ -147,3 +149,25 @@ def test_a_forged_ring_head_does_not_stop_the_sidecar_reading_a_worker(spool_dir
             _get(f"{app.url}/fast/after/{i}")
         wait_until(lambda: _metric(port, "wsgiwatch_requests_total") == 15, timeout=15)
         assert _metric(port, "wsgiwatch_spool_records_dropped_total") == 0
+
+
+def test_the_sidecar_outlives_a_spool_truncated_under_it(spool_dir: str) -> None:
+    """A live worker's spool cut to nothing while the sidecar follows it: with a mapping,
+    the sidecar died of SIGBUS at its next poll, without a log line. Now it reads with
+    pread, and goes on answering."""
+    me, ticks = os.getpid(), process_start_ticks(os.getpid())
+    assert ticks is not None
+    writer = make_spool(spool_dir, me, start_ticks=ticks)  # a live process: this one
+    now = time.monotonic_ns()
+    for n in range(3):
+        finish(writer, Req(now - 10_000_000 + n, now - 5_000_000 + n, "/before"))
+    sidecar_server, port = sidecar(spool_dir)
+    with sidecar_server as sc:
+        wait_until(lambda: _metric(port, "wsgiwatch_requests_total") == 3, timeout=15)
+        os.truncate(writer.path, 0)
+        time.sleep(1.5)  # several polls of the truncated file
+        assert sc.proc.poll() is None, "the sidecar died"
+        began = time.monotonic()
+        assert _metric(port, "wsgiwatch_requests_total") == 3
+        assert time.monotonic() - began < 1.0
+    writer.unmap()

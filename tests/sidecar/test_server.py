@@ -160,6 +160,9 @@ def test_healthz_ok_merges_monitor_health_and_loop_state(start):
 def test_healthz_503_when_polls_keep_failing_then_recovers(start):
     monitor = FakeMonitor(fail_polls=True)
     server = start(monitor, poll_interval_s=0.05)
+    # Stale takes three intervals without a success; on a loaded machine fewer polls than
+    # that may have run (and failed) by then: wait for both.
+    wait_until(lambda: server.loop.failures >= STALE_AFTER_INTERVALS)
     wait_until(lambda: request(server, "/healthz").status == 503)
     facts = request(server, "/healthz").json()
     assert facts["status"] == "stale"
@@ -536,3 +539,69 @@ def test_peer_addresses_can_be_hidden_everywhere_in_the_api(start):
         assert [r["peer"] for r in again] == names  # type: ignore[union-attr,index]
         # 127.0.0.1:50001 is the second request's connection: the same name in every view.
         assert stall["peer"] == names[1]
+
+
+def test_connections_stay_capped_when_all_of_them_wait_for_an_answer():
+    from wsgiwatch.sidecar.bounded_http import BoundedHTTPServer
+
+    release = threading.Event()
+
+    def slow(environ, start_response):
+        release.wait(10)
+        start_response("200 OK", [])
+        return [b"done"]
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    http_server = BoundedHTTPServer(listener, slow, max_connections=8, workers=2)
+    thread = threading.Thread(target=http_server.serve_forever, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    clients: list[socket.socket] = []
+
+    def connect(count: int) -> None:
+        for _ in range(count):
+            c = socket.create_connection(("127.0.0.1", port), timeout=5)
+            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            clients.append(c)
+
+    def answering() -> int:
+        return sum(c.state == "answering" for c in list(http_server._conns.values()))
+
+    try:
+        connect(8)  # 2 being answered, 6 queued for the 2 answering threads
+        wait_until(lambda: answering() == 8)
+        connect(12)  # nothing to evict: each newcomer is closed at once
+        wait_until(lambda: http_server.refused == 12)
+        assert http_server.connections == 8
+        assert http_server.evicted == 0
+        for c in clients[8:]:
+            try:
+                assert c.recv(10) == b""
+            except ConnectionResetError:
+                pass  # closed with the request unread: a reset
+        release.set()
+        answered = sum(c.recv(1000).startswith(b"HTTP/1.1 200") for c in clients[:8])
+        assert answered == 8
+    finally:
+        release.set()
+        for c in clients:
+            c.close()
+        http_server.shutdown()
+        http_server.server_close()
+        thread.join(5)
+
+
+def test_peer_addresses_option_and_variable():
+    import argparse
+
+    from wsgiwatch.cli.sidecar import ConfigError, add_sidecar_options, settings_from
+
+    parser = argparse.ArgumentParser()
+    add_sidecar_options(parser)
+    assert settings_from(parser.parse_args([]), {}).peer_addresses is True
+    hide = parser.parse_args(["--peer-addresses", "hide"])
+    assert settings_from(hide, {}).peer_addresses is False
+    env = {"WSGIWATCH_PEER_ADDRESSES": "hide"}
+    assert settings_from(parser.parse_args([]), env).peer_addresses is False
+    with pytest.raises(ConfigError, match="show or hide"):
+        settings_from(parser.parse_args(["--peer-addresses", "maybe"]), {})

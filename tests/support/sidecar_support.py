@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from wsgiwatch.kernel import KernelSnapshot, TcpSocket
+from wsgiwatch.kernel import KernelSnapshot, TcpSocket, UnixSocket
 from wsgiwatch.sidecar.monitor import Monitor
 from wsgiwatch.spool import layout as fmt
 from wsgiwatch.spool.writer import SpoolWriter
@@ -243,14 +243,19 @@ class FakeKernel:
     def __init__(self) -> None:
         self.inodes: dict[int, set[int]] = {}
         self.socks: list[TcpSocket] = []
+        self.unix: list[UnixSocket] = []
+        self.blind: dict[int, str] = {}  # pid -> why its sockets cannot be seen
         self.mid_ns = 0
 
     def socket_inodes(self, pid: int) -> set[int]:
         return set(self.inodes.get(pid, ()))
 
+    def blindness(self, pid: int, *, fds_seen: bool = False) -> str | None:
+        return self.blind.get(pid)
+
     def snapshot(self, tcp_ports: object = None, **_options: object) -> KernelSnapshot:
         mid = self.mid_ns or time.monotonic_ns()
-        return KernelSnapshot(list(self.socks), [], mid - 1000, mid + 1000)
+        return KernelSnapshot(list(self.socks), list(self.unix), mid - 1000, mid + 1000)
 
 
 # --- metrics --------------------------------------------------------------------------------

@@ -103,9 +103,11 @@ class BoundedHTTPServer:
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._stopped.set()
-        #: Connections closed because the limit was reached, or because they timed out.
+        #: Connections closed because the limit was reached, or because they timed out, and
+        #: newcomers closed at once because every connection was waiting for an answer.
         self.evicted = 0
         self.timed_out = 0
+        self.refused = 0
 
     @property
     def connections(self) -> int:
@@ -177,18 +179,21 @@ class BoundedHTTPServer:
                 log.warning("sidecar.accept_failed", error=str(exc))
                 return
             sock.setblocking(False)
-            if len(self._conns) >= self.max_connections:
-                self._evict_one()
+            if len(self._conns) >= self.max_connections and not self._evict_one():
+                self.refused += 1  # every connection is being answered: this one waits out
+                sock.close()
+                continue
             conn = _Conn(sock, addr, time.monotonic() + self.header_timeout_s)
             self._conns[sock] = conn
             self._selector.register(sock, selectors.EVENT_READ, "conn")
 
-    def _evict_one(self) -> None:
+    def _evict_one(self) -> bool:
         for conn in self._conns.values():  # least recently active first
             if conn.state != _ANSWERING:
                 self.evicted += 1
                 self._close(conn)
-                return
+                return True
+        return False
 
     def _touch(self, conn: _Conn) -> None:
         self._conns.move_to_end(conn.sock)

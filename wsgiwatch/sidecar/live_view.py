@@ -7,7 +7,14 @@ import time
 from collections.abc import Iterable, Mapping
 
 from wsgiwatch.sidecar.stalls import Stall
-from wsgiwatch.sidecar.views import LiveState, SlotView, StallView, WorkerView, peer_text
+from wsgiwatch.sidecar.views import (
+    LiveState,
+    SlotView,
+    StallView,
+    UnseenWorker,
+    WorkerView,
+    peer_text,
+)
 from wsgiwatch.sidecar.workers import Worker
 from wsgiwatch.spool import layout as fmt
 from wsgiwatch.spool.reader import SlotState
@@ -19,6 +26,7 @@ def live_state(
     backlog: Mapping[str, tuple[int, int]],
     *,
     kernel: bool,
+    unseen: list[UnseenWorker],
     threshold_s: float,
 ) -> LiveState:
     now = time.monotonic_ns()
@@ -43,6 +51,7 @@ def live_state(
             for name, (q, cap) in sorted(backlog.items())
         ],
         "kernel": kernel,
+        "kernel_unseen_workers": unseen,
         "threshold_s": threshold_s,
     }
 

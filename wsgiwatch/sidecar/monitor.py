@@ -23,7 +23,7 @@ import structlog
 from prometheus_client.metrics_core import Metric
 
 from wsgiwatch.errors import SpoolFormatError
-from wsgiwatch.kernel import KernelObserver
+from wsgiwatch.kernel import KernelObserver, visibility
 from wsgiwatch.kernel import supported as kernel_supported
 from wsgiwatch.sidecar import accumulate as acc
 from wsgiwatch.sidecar.accounting import Accountant, Tallies
@@ -36,18 +36,19 @@ from wsgiwatch.sidecar.kernel_view import KernelView
 from wsgiwatch.sidecar.live_view import live_state
 from wsgiwatch.sidecar.losses import LostRequests, Unstarted
 from wsgiwatch.sidecar.processes import ProcessSampler
+from wsgiwatch.sidecar.spool_dir import spool_dir_problem
 from wsgiwatch.sidecar.stalls import Stall, find_stalls
 from wsgiwatch.sidecar.views import (
     Incident,
     LiveState,
     RecentRequests,
+    UnseenWorker,
 )
 from wsgiwatch.sidecar.workers import Worker, WorkerRegistry
 from wsgiwatch.spool import layout as fmt
 from wsgiwatch.spool.reader import Record, SlotState
 
 log = structlog.get_logger("wsgiwatch.sidecar")
-
 
 Drained = dict[Worker, list[Record]]
 T = TypeVar("T")
@@ -81,7 +82,7 @@ class Monitor:
         if use_kernel and kernel_supported:
             self.kernel = KernelView(kernel or KernelObserver(procfs_root), listener_ports or ())
         self.tallies = Tallies(route_limit)
-        self.arrivals = ArrivalJoin()
+        self.arrivals = ArrivalJoin(self.kernel.unix if self.kernel is not None else None)
         self.incident_log = IncidentLog()
         self.accountant = Accountant(
             self.tallies, self.arrivals, self.incident_log, self.threshold_ns
@@ -95,6 +96,7 @@ class Monitor:
         self.collector = SidecarCollector(self)
         self.stalls: list[Stall] = []
         self.torn = 0  # records claimed by writers that never finished them
+        self.spool_dir_problem: str | None = None  # why workers would refuse the directory
         self.poll_durations = acc.Histogram(acc.POLL_BUCKETS)
         self.polls = 0
         self.last_poll_mono = 0.0
@@ -103,6 +105,7 @@ class Monitor:
     # -- the poll ----------------------------------------------------------------------------
     def poll(self) -> None:
         started = time.monotonic()
+        self._check_spool_dir()
         self.registry.refresh()
         now = time.monotonic_ns()
         wall_offset = time.time_ns() - now
@@ -134,11 +137,12 @@ class Monitor:
         self.stalls = find_stalls(
             live,
             kernel_waiting=kernel_waiting,
-            unix_unread=kernel.unix_unread if kernel is not None else {},
-            unix_first_seen=kernel.unix_first_seen if kernel is not None else {},
+            unix_waiting=kernel.unix.waiting_now() if kernel is not None else (),
             pending_accepts=self.arrivals.pending_accepts(),
             now=now,
         )
+        for worker, _ in self.stalls:
+            worker.accepts_when_full = True
         self._note_unstarted(live, kernel_waiting, drained)
         self.processes.sample(live)
         for worker in workers:
@@ -148,6 +152,12 @@ class Monitor:
         self.last_poll_mono = time.monotonic()
         self.last_poll_duration = self.last_poll_mono - started
         self.poll_durations.observe((), self.last_poll_duration)
+
+    def _check_spool_dir(self) -> None:
+        problem = spool_dir_problem(self.spool_dir, workers=len(self.registry.live()))
+        if problem is not None and problem != self.spool_dir_problem:
+            log.warning("spool.dir_refused", path=self.spool_dir, problem=problem)
+        self.spool_dir_problem = problem
 
     def _guarded(self, worker: Worker, read: Callable[[Worker, int], T], now: int) -> T | None:
         """``read()`` of one worker's spool; None if the file failed under us (truncated,
@@ -220,9 +230,9 @@ class Monitor:
             if item.pid in unstarted:
                 unstarted[item.pid].add(peer_key(item.pid, item.peer_addr, item.peer_port))
         if self.kernel is not None:
-            for pid, socks in self.kernel.unix_unread.items():
-                if pid in unstarted:
-                    unstarted[pid].update((pid, "unix", s.inode) for s in socks)
+            for wait in self.kernel.unix.waiting_now():
+                if wait.pid in unstarted:
+                    unstarted[wait.pid].add((wait.pid, "unix", wait.inode))
         for key, _ in self.arrivals.pending_accepts():
             if key[0] in unstarted:
                 unstarted[key[0]].add(key)
@@ -262,6 +272,7 @@ class Monitor:
             list(self.stalls),
             self.listen_backlog(),
             kernel=self.kernel_usable(),
+            unseen=self.unseen_views(),
             threshold_s=self.threshold_ns / 1e9,
         )
 
@@ -272,14 +283,18 @@ class Monitor:
             "last_poll_duration_s": self.last_poll_duration,
             "poll_interval_s": self.poll_interval_s,
             "spool_dir": self.spool_dir,
+            "spool_dir_problem": self.spool_dir_problem,
             "workers": len(self.registry.live()),
             "kernel": self.kernel_usable(),
             "kernel_notices": list(self.kernel.notices) if self.kernel is not None else [],
+            "kernel_unseen_workers": self.unseen_views(),
         }
 
     def degraded(self) -> list[str]:
         """Why what the sidecar publishes is incomplete right now (empty: it is not)."""
         reasons = []
+        if self.spool_dir_problem is not None:
+            reasons.append(f"workers would refuse the spool directory: {self.spool_dir_problem}")
         if self.registry.directory_error is not None:
             reasons.append(f"{self.registry.directory_error}: no worker is recorded")
         if self.registry.unreadable:
@@ -291,6 +306,23 @@ class Monitor:
                 "a server that never calls close()?"
             )
         return reasons
+
+    def kernel_unseen(self) -> dict[int, str]:
+        """pid -> why the kernel view cannot see that live worker's sockets."""
+        return dict(self.kernel.blind) if self.kernel is not None else {}
+
+    def unseen_views(self) -> list[UnseenWorker]:
+        by_pid = {w.pid: w for w in self.registry.live()}
+        return [
+            {
+                "worker": by_pid[pid].index,
+                "pid": pid,
+                "reason": reason,
+                "remedy": visibility.REMEDIES[reason],
+            }
+            for pid, reason in sorted(self.kernel_unseen().items())
+            if pid in by_pid
+        ]
 
     # -- facts the collector and the views share ---------------------------------------------
     def kernel_usable(self) -> bool:

@@ -958,9 +958,29 @@ call_clear(CallObject *self)
     return PyList_Type.tp_clear((PyObject *)self);
 }
 
+/* A server that releases the list response without calling close() (bjoern takes the one
+ * item of a one-item list and drops the list, against PEP 3333): the record is written when
+ * the response is released, flagged FLAG_NO_CLOSE_SEEN, so the slot is never left taken.
+ * Only a response handed to the server (EXHAUSTED) and not yet recorded qualifies. */
+static void
+call_finalize(CallObject *self)
+{
+    if ((self->flags & (EXHAUSTED | FINISHED)) != EXHAUSTED || self->spool == NULL) {
+        return;
+    }
+    PyObject *saved_type, *saved_value, *saved_tb;
+    PyErr_Fetch(&saved_type, &saved_value, &saved_tb);
+    self->flags |= FLAG_NO_CLOSE_SEEN;
+    call_finish(self);
+    PyErr_Restore(saved_type, saved_value, saved_tb);
+}
+
 static void
 call_dealloc(CallObject *self)
 {
+    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
+        return; /* resurrected by the finalizer: it lives on */
+    }
     PyObject_GC_UnTrack(self);
     Py_CLEAR(self->spool);
     Py_CLEAR(self->environ);
@@ -1004,6 +1024,7 @@ static PyTypeObject CallType = {
     .tp_vectorcall_offset = offsetof(CallObject, vectorcall),
     .tp_call = PyVectorcall_Call,
     .tp_dealloc = (destructor)call_dealloc,
+    .tp_finalize = (destructor)call_finalize,
     .tp_traverse = (traverseproc)call_traverse,
     .tp_clear = (inquiry)call_clear,
     .tp_methods = call_methods,

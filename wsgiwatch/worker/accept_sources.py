@@ -23,13 +23,14 @@ from typing import Any, Final
 from wsgiwatch.spool import layout as fmt
 from wsgiwatch.worker import accept_hook
 from wsgiwatch.worker.accept_hook import arrival_from_socket
-from wsgiwatch.worker.arrival import parse_mod_wsgi_time, parse_proxy_header, wall_to_monotonic_ns
+from wsgiwatch.worker.arrival import parse_proxy_header
 from wsgiwatch.worker.call_state import (
     PROXY_PENDING,
     TIME_REJECTED,
     TRUSTED_PROXIES_MAX,
     TRUSTED_PROXIES_SHIFT,
 )
+from wsgiwatch.worker.mod_wsgi import mod_wsgi_times
 
 Environ = dict[str, Any]
 
@@ -51,6 +52,9 @@ def accept_sources(
     ``flags`` may carry TIME_REJECTED, which the caller counts and drops."""
     accept = arrival = source = flags = 0
     conn = ACCEPTED.get((peer, port)) if ACCEPTED else None
+    if conn is None and not port and ACCEPTED:  # a unix socket: found by its fd
+        unix = accept_hook.unix_connection_key(environ)
+        conn = ACCEPTED.get(unix) if unix else None
     if conn is not None:
         accept, arrival, uses, ready = conn
         conn[2] = uses + 1
@@ -72,15 +76,13 @@ def accept_sources(
             if arrival:
                 flags |= fmt.FLAG_ARRIVAL_TCP_INFO
     elif MOD_WSGI_START in environ:
-        now_wall = time.time_ns()
-        now_mono = _monotonic_ns()
-        started = parse_mod_wsgi_time(environ[MOD_WSGI_START], now_wall)
-        accept = wall_to_monotonic_ns(started, now_wall, now_mono) if started else 0
-        if accept > 0:
+        accept, arrival, apache_wall = mod_wsgi_times(environ, time.time_ns(), _monotonic_ns())
+        if accept:
             source = fmt.SOURCE_MOD_WSGI
         else:  # unparsable, too old, or before this machine booted
-            accept = 0
             flags |= TIME_REJECTED
+        if apache_wall:  # daemon mode: Apache's own start is the front of the line
+            flags |= PROXY_PENDING
     if trusted_proxies and (X_REQUEST_START in environ or X_QUEUE_START in environ):
         # parsed at exit, off the path to the app; the count of trusted proxies goes along
         flags |= PROXY_PENDING | (
@@ -90,14 +92,15 @@ def accept_sources(
 
 
 def proxy_wall_ns(environ: Environ, flags: int) -> int:
-    """The front proxy's time for this request, wall-clock ns; :data:`REJECTED` when the
+    """The front of the line for this request, wall-clock ns: a trusted front proxy's time,
+    else (mod_wsgi daemon mode) when Apache read the request. :data:`REJECTED` when the
     header is there but not believable (the caller counts it), 0 when there is none."""
-    header = environ.get(X_REQUEST_START) or environ.get(X_QUEUE_START)
+    trusted = (flags >> TRUSTED_PROXIES_SHIFT) & TRUSTED_PROXIES_MAX
+    header = (environ.get(X_REQUEST_START) or environ.get(X_QUEUE_START)) if trusted else None
     if not header:
-        return 0
+        return mod_wsgi_times(environ, time.time_ns(), _monotonic_ns())[2]
     if not isinstance(header, str):
         return REJECTED
-    trusted = (flags >> TRUSTED_PROXIES_SHIFT) & TRUSTED_PROXIES_MAX
     # One value per proxy that added one, comma-separated, the nearest proxy's last. The
     # outermost trusted proxy's is the trusted-th from the end; anything before it may
     # come from the client. (Apache's "t=... D=..." is one value.)

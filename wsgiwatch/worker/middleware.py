@@ -41,7 +41,7 @@ else:
         """Records each request of the app it wraps into this process's spool (see
         ``__init__``). Calling it runs the C accelerator's ``Recorder.__call__``."""
 
-        __slots__ = ("_capacity", "_geometry")
+        __slots__ = ("_capacity", "_dir_given", "_geometry")
 
 
 share_with_accelerator()

@@ -53,7 +53,7 @@ class PythonWSGIWatch(WatchSettings):
     ``__init__``), in pure Python: what ``WSGIWatch`` is when the C accelerator is not built
     (or ``WSGIWATCH_PURE_PYTHON=1``). Same arguments, same records as the C path."""
 
-    __slots__ = ("_capacity", "_dir", "_geometry", "_trusted_proxies", "app")
+    __slots__ = ("_capacity", "_dir", "_dir_given", "_geometry", "_trusted_proxies", "app")
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         # The entry bookkeeping is inlined here rather than in Call.__init__: a Python

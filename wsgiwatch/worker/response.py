@@ -112,6 +112,16 @@ class Call(list[bytes]):
         """The server is done with a list or tuple response (which has no close())."""
         self.finish()
 
+    def __del__(self) -> None:
+        # A server that releases the list response without calling close() (bjoern takes
+        # the one item of a one-item list and drops the list, against PEP 3333): record it
+        # now, flagged, so that its slot is never left taken. Only a response handed to the
+        # server (EXHAUSTED) and not yet recorded qualifies.
+        flags = getattr(self, "flags", FINISHED)
+        if flags & (EXHAUSTED | FINISHED) == EXHAUSTED:
+            self.flags = flags | fmt.FLAG_NO_CLOSE_SEEN
+            self.finish()
+
     def finish(self) -> None:
         """Write the record and free the slot; never raises."""
         flags = self.flags

@@ -12,6 +12,7 @@ from wsgiwatch.spool import layout as fmt
 from wsgiwatch.spool.writer import DEFAULT_ACCEPTS, DEFAULT_RING, DEFAULT_SLOTS, SpoolWriter
 from wsgiwatch.worker.call_state import TRUSTED_PROXIES_MAX
 from wsgiwatch.worker.internal_errors import internal_error
+from wsgiwatch.worker.mod_wsgi import daemon_capacity
 from wsgiwatch.worker.process_spool import request_geometry, resolve_dir, writer_for
 from wsgiwatch.worker.request_keys import server_software
 
@@ -38,6 +39,7 @@ class WatchSettings:
     app: WSGIApp
     _capacity: int | None
     _dir: str
+    _dir_given: bool  # spool_dir or $WSGIWATCH_DIR chose it; else a SetEnv may
     _geometry: tuple[int, int, int]
     _trusted_proxies: int
 
@@ -71,6 +73,7 @@ class WatchSettings:
             raise ValueError(f"trusted_proxies must be 0 to {TRUSTED_PROXIES_MAX}")
         self.app = app
         self._dir = resolve_dir(spool_dir)
+        self._dir_given = bool(spool_dir or os.environ.get("WSGIWATCH_DIR"))
         self._capacity = capacity
         self._trusted_proxies = trusted_proxies
         self._geometry = (slots, ring_size, accept_events)
@@ -82,6 +85,12 @@ class WatchSettings:
 
     def _first_request(self, environ: Environ) -> SpoolWriter | None:
         """Slow path, once per process: open the spool and note what serves us."""
+        chosen = environ.get("WSGIWATCH_DIR")
+        if not self._dir_given and isinstance(chosen, str) and chosen and chosen != self._dir:
+            # mod_wsgi: Apache's SetEnv arrives in the environ, not in os.environ. (The
+            # C path reads ``_dir`` on every request, so it follows.)
+            self._dir = chosen
+            request_geometry(chosen, self._geometry)
         writer = writer_for(self._dir)
         if writer is not None:
             geometry = (writer.slot_count, writer.ring_capacity, writer.accept_capacity)
@@ -98,8 +107,9 @@ class WatchSettings:
                     bool(environ.get("wsgi.multithread")),
                     bool(environ.get("wsgi.multiprocess")),
                 )
-                if self._capacity:
-                    writer.set_declared_capacity(self._capacity)
+                capacity = self._capacity or daemon_capacity(environ)
+                if capacity:
+                    writer.set_declared_capacity(capacity)
             except Exception:
                 internal_error(writer)
         ready[self._dir] = writer
