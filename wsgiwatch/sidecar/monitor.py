@@ -105,8 +105,8 @@ class Monitor:
     # -- the poll ----------------------------------------------------------------------------
     def poll(self) -> None:
         started = time.monotonic()
-        self._check_spool_dir()
         self.registry.refresh()
+        self._check_spool_dir()  # after: it asks whether any worker writes there now
         now = time.monotonic_ns()
         wall_offset = time.time_ns() - now
         final_slots: dict[Worker, list[SlotState]] = {}
