@@ -45,9 +45,9 @@ MATCH_NS = 5_000_000
 
 @dataclass(frozen=True)
 class Shape:
-    """What traffic to send: rate, length, and the mix of requests and connections."""
+    """What traffic to send: length, and the mix of requests and connections (the rate
+    is the server's: see ``plan``)."""
 
-    rate: float = 30.0  # requests per second (Poisson)
     duration_s: float = 10.0
     slow_share: float = 0.12
     slow_ms: tuple[int, int] = (120, 800)
@@ -83,16 +83,17 @@ class Shot:
         return self.entry_ns - self.ready_ns
 
 
-def plan(shape: Shape) -> list[Shot]:
+def plan(shape: Shape, rate: float) -> list[Shot]:
+    """The requests to send, at ``rate`` per second on average (Poisson arrivals)."""
     rng = random.Random(shape.seed)
     shots: list[Shot] = []
-    at = rng.expovariate(shape.rate)
+    at = rng.expovariate(rate)
     while at < shape.duration_s:
         slow = rng.random() < shape.slow_share
         work = rng.randint(*shape.slow_ms) if slow else shape.fast_ms
         kind: Kind = "kept" if rng.random() < shape.kept_share else "fresh"
         shots.append(Shot(len(shots), at, kind, work))
-        at += rng.expovariate(shape.rate)
+        at += rng.expovariate(rate)
     return shots
 
 
@@ -113,6 +114,8 @@ class _Pool:
         return conn, False
 
     def give(self, conn: http.client.HTTPConnection) -> None:
+        if conn.sock is None:  # the server closed it after the response (gunicorn sync)
+            return
         with self.lock:
             self.idle.append(conn)
             while len(self.idle) > self.keep:
@@ -152,6 +155,8 @@ def _fire(port: int, shot: Shot, pool: _Pool, timeout: float) -> None:
                 conn.close()
             return
         conn, reused = pool.take()
+        if conn.sock is None:
+            conn.connect()
         try:
             _exchange(conn, shot, close=False)
         except (http.client.RemoteDisconnected, ConnectionError) as exc:

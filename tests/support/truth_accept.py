@@ -77,7 +77,9 @@ def install(kind: str) -> None:
         from waitress import channel
 
         # HTTPChannel(server, sock, addr, adj, map) is built in handle_accept.
-        _after_accept(channel.HTTPChannel, "__init__", lambda self, server, sock, addr, *a, **k: addr)
+        _after_accept(
+            channel.HTTPChannel, "__init__", lambda self, server, sock, addr, *a, **k: addr
+        )
     elif kind == "cheroot":
         from cheroot import server as cheroot_server
 

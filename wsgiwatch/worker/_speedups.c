@@ -55,6 +55,10 @@
 /* Record flags, and the in-memory bits above the 16 that are stored (middleware.py). */
 #define FLAG_APP_RAISED 1u
 #define FLAG_ROUTE_TEMPLATE 8u
+#define FLAG_REUSED_CONNECTION 16u
+#define FLAG_ARRIVAL_TCP_INFO 32u
+#define FLAG_ARRIVAL_SERVER 128u
+#define SOURCE_HOOK 1
 #define RECORDED_FLAGS 0xFFFFu
 #define PROXY_PENDING (1u << 16)
 #define EXHAUSTED (1u << 17)
@@ -920,6 +924,60 @@ recorder_spool(RecorderObject *self, PyObject *environ)
     return fast;
 }
 
+/* The accept hook's entry for this connection (accept_hook.ACCEPTED[(peer, port)], a list
+ * [accept_ns, arrival_ns at accept, requests so far, ready_ns]), read here when it says all
+ * there is to say: the server noted when this request was ready (gthread, waitress,
+ * cheroot), or it is the connection's first request and TCP_INFO at accept gave its
+ * arrival. Then the request costs a tuple and a dict lookup, not a call into Python.
+ * Anything else (a kept-alive request nobody noted: its socket must be asked) is left to
+ * middleware._accept_sources, which holds the same rules. Returns 1 when done (no entry:
+ * nothing to record), 0 to ask Python, -1 on error. */
+static int
+hook_entry(PyObject *peer, long port, uint64_t *accept_ns, uint64_t *arrival_ns, long *source,
+           unsigned long *flags)
+{
+    PyObject *key = Py_BuildValue("(Ol)", peer, port);
+    if (key == NULL) {
+        return -1;
+    }
+    PyObject *conn = PyDict_GetItemWithError(py.accepted, key); /* borrowed */
+    Py_DECREF(key);
+    if (conn == NULL) {
+        return PyErr_Occurred() ? -1 : 1;
+    }
+    if (!PyList_CheckExact(conn) || PyList_GET_SIZE(conn) != 4) {
+        return 0;
+    }
+    unsigned long long accept = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(conn, 0));
+    unsigned long long arrival = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(conn, 1));
+    unsigned long long uses = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(conn, 2));
+    unsigned long long ready = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(conn, 3));
+    if (PyErr_Occurred()) { /* not what the hook writes: let Python judge */
+        PyErr_Clear();
+        return 0;
+    }
+    unsigned long found_flags = uses ? FLAG_REUSED_CONNECTION : 0;
+    if (ready) {
+        arrival = ready;
+        found_flags |= FLAG_ARRIVAL_SERVER;
+    }
+    else if (!uses && arrival) {
+        found_flags |= FLAG_ARRIVAL_TCP_INFO;
+    }
+    else {
+        return 0;
+    }
+    /* Only whether the connection served a request before matters to anyone: 1, a cached
+     * small int like 0, so this allocates nothing and cannot fail. */
+    PyList_SetItem(conn, 2, PyLong_FromLong(1));
+    PyList_SetItem(conn, 3, PyLong_FromLong(0));
+    *accept_ns = accept;
+    *arrival_ns = arrival;
+    *source = SOURCE_HOOK;
+    *flags = found_flags;
+    return 1;
+}
+
 static PyObject *
 recorder_call(RecorderObject *self, PyObject *args, PyObject *kwargs)
 {
@@ -1050,7 +1108,14 @@ recorder_call(RecorderObject *self, PyObject *args, PyObject *kwargs)
     if (mod_wsgi < 0 || headers < 0) {
         goto failed;
     }
-    if (PyDict_GET_SIZE(py.accepted) > 0 || mod_wsgi || headers) {
+    int hooked = 0;
+    if (PyDict_GET_SIZE(py.accepted) > 0 && !mod_wsgi && !headers) {
+        hooked = hook_entry(peer, port, &accept_ns, &arrival_ns, &source, &flags);
+        if (hooked < 0) {
+            goto failed;
+        }
+    }
+    if (!hooked && (PyDict_GET_SIZE(py.accepted) > 0 || mod_wsgi || headers)) {
         PyObject *found = PyObject_CallFunction(py.accept_sources, "OOlO", environ, peer, port,
                                                 proxy ? Py_True : Py_False);
         if (found == NULL) {

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from wsgiwatch.spool import layout as fmt
 from wsgiwatch.spool.writer import DEFAULT_ACCEPTS, DEFAULT_RING, DEFAULT_SLOTS, SpoolWriter
-from wsgiwatch.worker import accept_hook
+from wsgiwatch.worker import accept_hook, autohook
 from wsgiwatch.worker.accelerator import speedups
 from wsgiwatch.worker.accept_hook import arrival_from_socket
 from wsgiwatch.worker.arrival import parse_mod_wsgi_time, parse_proxy_header, wall_to_monotonic_ns
@@ -114,6 +114,7 @@ class _Settings:
         slots: int = DEFAULT_SLOTS,
         ring_size: int = DEFAULT_RING,
         accept_events: int = DEFAULT_ACCEPTS,
+        accept_hook: bool = True,
     ) -> None:
         """Wrap a WSGI app: ``application = WSGIWatch(application)``.
 
@@ -134,6 +135,8 @@ class _Settings:
         self._proxy_headers = proxy_headers
         self._geometry = (slots, ring_size, accept_events)
         request_geometry(self._dir, self._geometry)
+        if accept_hook:
+            autohook.install(self._dir)
 
     @property
     def spool_dir(self) -> str:
