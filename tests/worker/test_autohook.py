@@ -112,7 +112,9 @@ def test_a_tested_version_is_hooked_once(fake_waitress: type, caplog: Any) -> No
     assert getattr(accept, "_wsgiwatch_hook", False)
     assert autohook.install("/nonexistent") == []  # a second WSGIWatch: nothing more
     assert fake_waitress.accept is accept
-    notices = [r.getMessage() for r in caplog.records if "accept_hook" in r.getMessage()]
+    notices = [
+        r.getMessage() for r in caplog.records if "worker.accept_hook_installed" in r.getMessage()
+    ]
     assert len(notices) == 1 and "accept_hook=False" in notices[0]
 
 
@@ -124,7 +126,9 @@ def test_an_untested_version_is_left_alone_and_said_once(fake_waitress: type, ca
     assert autohook.install("/nonexistent") == []
     assert fake_waitress.__dict__.get("accept") is original
     assert not hasattr(fake_waitress.add_task, "_wsgiwatch_hook")
-    notices = [r.getMessage() for r in caplog.records if "accept_hook.skipped" in r.getMessage()]
+    notices = [
+        r.getMessage() for r in caplog.records if "worker.accept_hook_skipped" in r.getMessage()
+    ]
     assert len(notices) == 1 and "waitress 4.0" in notices[0] and "3.x" in notices[0]
 
 

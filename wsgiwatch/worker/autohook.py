@@ -72,12 +72,10 @@ def install(spool_dir: str) -> list[str]:
             if installer():
                 done.append(name)
         except Exception:  # never break the app for a hook
-            logger.warning(
-                "wsgiwatch: accept hook for %s failed; kernel view only", name, exc_info=True
-            )
+            logger.warning("worker.accept_hook_failed: %s; kernel view only", name, exc_info=True)
     if done:
         logger.info(
-            "wsgiwatch accept_hook.installed: %s (exact accept and arrival times; "
+            "worker.accept_hook_installed: %s (exact accept and arrival times; "
             "WSGIWatch(app, accept_hook=False) turns it off)",
             ", ".join(done),
         )
@@ -111,7 +109,7 @@ def _known(server: str, *needed: tuple[Any, str]) -> bool:
     if server not in _state["announced"]:
         _state["announced"].add(server)
         logger.info(
-            "wsgiwatch accept_hook.skipped: %s %s is not a version the hook was tested with "
+            "worker.accept_hook_skipped: %s %s is not a version the hook was tested with "
             "(%s)%s; its waits come from the sidecar's kernel view",
             server,
             ".".join(map(str, version)) or "(unknown version)",
@@ -178,7 +176,7 @@ def _running_hooked(run: Callable[..., Any]) -> Callable[..., Any]:
             else:
                 install_gunicorn(self, _spool_dir())
         except Exception:
-            logger.warning("wsgiwatch: accept hook not installed in this worker", exc_info=True)
+            logger.warning("worker.accept_hook_failed: not installed in this worker", exc_info=True)
         return run(self, *args, **kwargs)
 
     return hooked_run
