@@ -196,11 +196,14 @@ def advise(s: Situation) -> list[str]:
             "backlog: that is the right place to wait, but it means every worker was busy. "
             "Add workers (or threads) if that wait matters."
         )
-    # Never what is in place already: a hook in some workers means the setup is done, and
-    # gevent workers accept in their own loop, where no hook can reach (install_gunicorn).
-    if not s.accept_hook and not s.cooperative and s.family in ("gunicorn", "waitress"):
+    # Never what is in place already: a hook in some workers means the setup is done. It
+    # is on by default on these servers (wsgiwatch.worker.autohook): off means the app
+    # said accept_hook=False, or the server is a version the hook was not tested with.
+    if not s.accept_hook and s.family in ("gunicorn", "waitress", "cheroot"):
         out.append(
-            "Turn on the accept hook for exact accept times and live stalls: gunicorn "
-            "-c python:wsgiwatch.gunicorn_config, or wsgiwatch.worker.accept_hook.serve_waitress."
+            "The accept hook is off (it gives exact accept times, and waits too short for "
+            "the kernel view): it is on by default with WSGIWatch(app) on gunicorn 27, "
+            "waitress 3 and cheroot 11; remove accept_hook=False, or see the worker's "
+            "worker.accept_hook_skipped log line for the server version it found."
         )
     return out

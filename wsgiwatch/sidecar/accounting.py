@@ -121,9 +121,11 @@ class Accountant:
         ready = self.arrivals.ready(record, wall_offset)
         if ready is None:
             t.wait_sources.inc(("none",))
+            worker.wait_sources["none"] += 1
             return
         ready_ns, source = ready
         t.wait_sources.inc((source,))
+        worker.wait_sources[source] += 1
         wait_ns = queue_wait_ns(record.entry_ns, ready_ns)
         view["ready_ns"], view["wait_s"], view["wait_source"] = ready_ns, wait_ns / 1e9, source
         t.queue_waits.observe((route,), wait_ns / 1e9)

@@ -206,6 +206,7 @@ class Monitor:
             "accelerated": w.header.accelerated,
             "multithread": bool(w.header.flags & fmt.HEADER_FLAG_MULTITHREAD),
             "rss_bytes": w.rss,
+            "wait_sources": dict(w.wait_sources),
             "slots": [
                 {
                     "request": s.request,
