@@ -39,9 +39,9 @@ def raw_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     return [body]
 
 
-# PROBE_ACCEPT_HOOK=0: the app as with ``WSGIWatch(app, accept_hook=False)``, for the tests
+# TEST_ACCEPT_HOOK=0: the app as with ``WSGIWatch(app, accept_hook=False)``, for the tests
 # of what wsgiwatch sees without its accept hook.
-_hook = os.environ.get("PROBE_ACCEPT_HOOK") != "0"
+_hook = os.environ.get("TEST_ACCEPT_HOOK") != "0"
 application = WSGIWatch(raw_app, accept_hook=_hook)
 # The same app asking for a 16-record ring (used to check the geometry is honoured).
 small_ring = WSGIWatch(raw_app, ring_size=16, accept_hook=_hook)

@@ -42,6 +42,10 @@ from wsgiwatch.sidecar.workers import Worker, WorkerRegistry
 from wsgiwatch.spool import layout as fmt
 from wsgiwatch.spool.reader import Record
 
+#: How often the poll loop looks at the scoreboards between polls, and polls while some
+#: worker is at capacity (:meth:`Monitor.at_capacity`).
+FAST_INTERVAL_S = 0.05
+
 
 class Monitor:
     """Implements :class:`wsgiwatch.sidecar.contract.MonitorProtocol`."""
@@ -60,6 +64,7 @@ class Monitor:
     ) -> None:
         self.spool_dir = spool_dir
         self.poll_interval_s = poll_interval_s
+        self.fast_interval_s = min(FAST_INTERVAL_S, poll_interval_s)
         self.threshold_ns = int(threshold_s * 1e9)
         self.registry = WorkerRegistry(spool_dir, procfs_root)
         self.kernel: KernelView | None = None
@@ -81,6 +86,24 @@ class Monitor:
         self.last_poll_duration = 0.0
 
     # -- the poll ----------------------------------------------------------------------------
+    def at_capacity(self) -> bool:
+        """A cheap look between polls (scoreboards only, no kernel): is some worker at
+        capacity right now, or a stall still on? The poll loop then polls at once, and
+        keeps polling every :data:`FAST_INTERVAL_S` while it lasts: a request queued
+        behind a busy worker is on /metrics within that, not a whole poll interval later."""
+        if self.stalls:
+            return True
+        for worker in list(self.registry.workers.values()):
+            if not worker.alive:
+                continue
+            try:
+                busy = len(worker.reader.scoreboard())
+            except Exception:  # a damaged or vanished spool: the poll deals with it
+                continue
+            if busy >= max(1, worker.capacity):
+                return True
+        return False
+
     def poll(self) -> None:
         started = time.monotonic()
         self.registry.refresh()

@@ -1,4 +1,6 @@
-"""The sidecar's poll loop: ``monitor.poll()`` on a fixed-rate schedule, in a thread.
+"""The sidecar's poll loop: ``monitor.poll()`` on a fixed-rate schedule, in a thread, and
+sooner while some worker is at capacity (when the monitor can say so cheaply: it is then
+that requests queue inside a worker, and a stall should be on /metrics within moments).
 
 A poll that raises is logged (``sidecar.poll_failed``, with the traceback) and counted, and
 the loop goes on: one bad spool or a kernel hiccup must not stop the metrics. The loop
@@ -88,8 +90,29 @@ class PollLoop:
             following = next_deadline(deadline, now, self.interval_s)
             self.overruns += round((following - deadline) / self.interval_s) - 1
             deadline = following
-            if self._stop.wait(deadline - now):
+            if self._wait_for_next_poll(deadline):
                 break
+
+    def _wait_for_next_poll(self, deadline: float) -> bool:
+        """Sleep until ``deadline``, or less when the monitor says a worker is at capacity
+        (it is looked at every ``fast_interval_s`` meanwhile: a cheap read of the
+        scoreboards). True when asked to stop."""
+        at_capacity = getattr(self.monitor, "at_capacity", None)
+        fast = float(getattr(self.monitor, "fast_interval_s", 0) or 0)
+        if at_capacity is None or not 0 < fast < self.interval_s:
+            return self._stop.wait(max(0.0, deadline - time.monotonic()))
+        while True:
+            now = time.monotonic()
+            wake = min(deadline, now + fast)
+            if self._stop.wait(max(0.0, wake - now)):
+                return True
+            if wake >= deadline:
+                return False
+            try:
+                if at_capacity():
+                    return False
+            except Exception:  # the poll itself will report what is wrong
+                return False
 
     def seconds_since_success(self, now: float | None = None) -> float | None:
         """Age of the last successful poll (before the first: time since start)."""
