@@ -915,7 +915,12 @@ static int
 hook_entry(PyObject *peer, long port, uint64_t *accept_ns, uint64_t *arrival_ns, long *source,
            unsigned long *flags)
 {
-    PyObject *key = Py_BuildValue("(Ol)", peer, port);
+    PyObject *port_obj = PyLong_FromLong(port);
+    if (port_obj == NULL) {
+        return -1;
+    }
+    PyObject *key = PyTuple_Pack(2, peer, port_obj);
+    Py_DECREF(port_obj);
     if (key == NULL) {
         return -1;
     }
