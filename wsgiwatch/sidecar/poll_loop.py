@@ -87,9 +87,10 @@ class PollLoop:
         while not self._stop.is_set():
             self.poll_once()
             now = time.monotonic()
-            following = next_deadline(deadline, now, self.interval_s)
-            self.overruns += round((following - deadline) / self.interval_s) - 1
-            deadline = following
+            if deadline <= now:  # a poll on the grid (not one brought forward): the next tick
+                following = next_deadline(deadline, now, self.interval_s)
+                self.overruns += round((following - deadline) / self.interval_s) - 1
+                deadline = following
             if self._wait_for_next_poll(deadline):
                 break
 

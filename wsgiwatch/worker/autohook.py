@@ -171,10 +171,7 @@ def _gunicorn() -> bool:
 def _running_hooked(run: Callable[..., Any]) -> Callable[..., Any]:
     def hooked_run(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            if any(c.__name__ == "GeventWorker" for c in type(self).__mro__):
-                _hook_gevent(self)
-            else:
-                install_gunicorn(self, _spool_dir())
+            install_gunicorn(self, _spool_dir())
         except Exception:
             logger.warning("worker.accept_hook_failed: not installed in this worker", exc_info=True)
         return run(self, *args, **kwargs)
@@ -194,14 +191,20 @@ def _noting_enqueue(enqueue: Callable[..., Any]) -> Callable[..., Any]:
     return enqueue_req
 
 
-def _hook_gevent(worker: Any) -> None:
+def hook_gevent(spool_dir: str) -> bool:
+    """Record the accepts of gevent's ``StreamServer`` (where a gunicorn gevent worker
+    accepts, on its loop; each connection's greenlet runs later). False, and the spool
+    says unhooked, for a gevent version the hook was not tested with."""
     from gevent import server
 
+    if _state["dir"] is None:
+        _state["dir"] = spool_dir
     if not _known("gevent", (server.StreamServer, "do_read")):
-        mark_spool(_spool_dir(), None, hooked=False)
-        return
+        mark_spool(spool_dir, None, hooked=False)
+        return False
     _wrap(server.StreamServer, "do_read", _recording_do_read)
     _mark_once(None)
+    return True
 
 
 def _recording_do_read(do_read: Callable[..., Any]) -> Callable[..., Any]:
