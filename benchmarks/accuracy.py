@@ -77,6 +77,9 @@ def main() -> None:
                     file=sys.stderr,
                     flush=True,
                 )
+                for kind, kind_scores in scores.items():
+                    for line in kind_scores[-1].misses():
+                        print(f"#   {kind}: {line}", file=sys.stderr, flush=True)
             for kind, runs in scores.items():
                 rows.append(
                     (

@@ -168,13 +168,15 @@ def run(setup: Setup, shape: traffic.Shape, spool_dir: str, *, hook: bool) -> Ru
     with start_server(setup, spool_dir, hook) as server, default_sidecar(spool_dir) as url:
         _warm_up(server, url, setup)
         shots = traffic.send(server.port, traffic.plan(shape, setup.rate))
-        wanted = {(s.pid, s.port) for s in shots if s.status == 200}
+        answered = [s for s in shots if s.status == 200]
         deadline = time.monotonic() + 15
         records: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
             records = api(url, "/api/requests?since=300")["requests"]
-            seen = {(int(r["pid"]), int(str(r["peer"]).rsplit(":", 1)[1] or 0)) for r in records}
-            if wanted <= seen:
+            # Every request by its own record (pid, port, entry): a kept-alive connection's
+            # port is seen at its first request, its last may not be judged yet.
+            by_conn = traffic.index_records(records)
+            if all(traffic.match(s, by_conn) is not None for s in answered):
                 break
             time.sleep(0.25)
         state = api(url, "/api/state")

@@ -39,8 +39,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Kind = Literal["fresh", "kept"]
-#: How far apart the app's entry stamp and the middleware's may be, to match records.
-MATCH_NS = 5_000_000
+#: How far apart the app's entry stamp and the middleware's may be, to match records
+#: (the nearest wins; a loaded machine can switch threads between the two).
+MATCH_NS = 50_000_000
 
 
 @dataclass(frozen=True)
@@ -288,7 +289,9 @@ class Score:
         return out
 
 
-def _index(records: Sequence[Mapping[str, Any]]) -> dict[tuple[int, int], list[Mapping[str, Any]]]:
+def index_records(
+    records: Sequence[Mapping[str, Any]],
+) -> dict[tuple[int, int], list[Mapping[str, Any]]]:
     by_conn: dict[tuple[int, int], list[Mapping[str, Any]]] = {}
     for r in records:
         port = int(str(r["peer"]).rsplit(":", 1)[1] or 0)
@@ -319,7 +322,7 @@ def score(
     by_pid: dict[int, list[Shot]] = {}
     for s in answered:
         by_pid.setdefault(s.pid, []).append(s)
-    by_conn = _index(records)
+    by_conn = index_records(records)
     result = Score(len(shots), 0, 0, 0, 0, 0, 0, 0, len(shots) - len(answered))
     for shot in answered:
         if kind is not None and shot.kind != kind:

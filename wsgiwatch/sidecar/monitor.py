@@ -79,6 +79,8 @@ class Monitor:
         self.processes = ProcessSampler(procfs_root)
         self.collector = SidecarCollector(self)
         self.stalls: list[Stall] = []
+        #: Finished requests read but not judged yet (see ``poll``).
+        self._deferred: list[tuple[Worker, Record]] = []
         self.torn = 0  # records claimed by writers that never finished them
         self.poll_durations = acc.Histogram(acc.POLL_BUCKETS)
         self.polls = 0
@@ -124,11 +126,17 @@ class Monitor:
             if events:
                 self.tallies.accepted.inc((str(worker.index),), float(len(events)))
             self.arrivals.accepted(worker.pid, events, serving(worker.slots), now)
-        finished: list[tuple[Worker, Record]] = []
+        finished, self._deferred = self._deferred, []
         for worker in workers:
             finished += [(worker, r) for r in self._read_records(worker)]
         finished.sort(key=lambda item: item[1].exit_ns)
         for worker, record in finished:
+            if record.exit_ns >= now and worker.alive:
+                # It ended after this poll's scoreboard read: a request that began after
+                # that read and still runs is in neither the scoreboard nor the records,
+                # and may have blocked this one. Judged next poll, when it is in one.
+                self._deferred.append((worker, record))
+                continue
             self.accountant.finished(worker, record, workers, now, wall_offset)
         kernel = self.kernel
         self.stalls = find_stalls(
