@@ -17,8 +17,10 @@ calls the original; nothing else of the server changes):
   accepts in ``StreamServer.do_read``, on the loop; each connection's greenlet runs later.
 - waitress: ``accept`` and ``add_task`` of ``BaseWSGIServer`` (its I/O thread accepts, reads
   the whole request, then queues it to the thread pool with ``add_task``).
-- cheroot: ``ConnectionManager._from_server_socket`` (the accept) and
-  ``HTTPServer.process_conn`` (a connection with a request to read is queued to the pool).
+- cheroot: ``ConnectionManager._from_server_socket`` (the accept),
+  ``HTTPServer.process_conn`` (a kept-alive connection with a request to read is queued to
+  the pool) and ``HTTPConnection.communicate`` (a thread picks a new connection up: if its
+  request came after the accept, ``TCP_INFO`` says when).
 
 Only for the versions tested here (:data:`TESTED`); for any other version, or when a method
 is missing, the server is left untouched and one log line says so: the sidecar's kernel
@@ -37,6 +39,7 @@ from typing import Any, Final
 
 from wsgiwatch.worker.accept_hook import (
     ACCEPTED,
+    arrival_from_socket,
     install_gunicorn,
     mark_spool,
     note_request_ready,
@@ -257,10 +260,12 @@ def _noting_add_task(add_task: Callable[..., Any]) -> Callable[..., Any]:
 def _cheroot() -> bool:
     from cheroot import connections, server
 
-    manager, http = connections.ConnectionManager, server.HTTPServer
-    if not _known("cheroot", (manager, "_from_server_socket"), (http, "process_conn")):
+    manager, http, conn = connections.ConnectionManager, server.HTTPServer, server.HTTPConnection
+    needed = ((manager, "_from_server_socket"), (http, "process_conn"), (conn, "communicate"))
+    if not _known("cheroot", *needed):
         return False
     hooked = _wrap(manager, "_from_server_socket", _recording_cheroot_accept)
+    hooked = _wrap(conn, "communicate", _arrival_at_pickup) or hooked
     return _wrap(http, "process_conn", _noting_process_conn) or hooked
 
 
@@ -289,6 +294,23 @@ def _noting_process_conn(process_conn: Callable[..., Any]) -> Callable[..., Any]
         return process_conn(self, conn)
 
     return noting_process_conn
+
+
+def _arrival_at_pickup(communicate: Callable[..., Any]) -> Callable[..., Any]:
+    def communicate_noting_arrival(self: Any) -> Any:
+        # A new connection's request may have come after the accept (TCP_INFO had nothing
+        # then), and cheroot hands the app no socket to ask later: ask it now, as a thread
+        # picks the connection up. One getsockopt, for those connections only.
+        entry = ACCEPTED.get(
+            (str(getattr(self, "remote_addr", "")), getattr(self, "remote_port", 0))
+        )
+        if entry is not None and not (entry[1] or entry[2] or entry[3]):
+            arrival = arrival_from_socket(getattr(self, "socket", None), time.monotonic_ns())
+            if arrival:
+                entry[3] = arrival
+        return communicate(self)
+
+    return communicate_noting_arrival
 
 
 # Module name (the server is hooked only once it is imported) -> installer.
