@@ -148,8 +148,6 @@ def _mark_once(capacity: int | None) -> None:
 
 
 def _gunicorn() -> bool:
-    import gunicorn
-
     classes = []
     for module, cls_name in (
         ("gunicorn.workers.sync", "SyncWorker"),
@@ -162,7 +160,6 @@ def _gunicorn() -> bool:
             classes.append(cls)
     if not classes or not _known("gunicorn", *((c, "run") for c in classes)):
         return False
-    del gunicorn
     hooked = False
     for cls in classes:
         hooked |= _wrap(cls, "run", _running_hooked)
