@@ -180,6 +180,7 @@ def open_idle(port: int, count: int, keep: list[socket.socket]) -> None:
 
 def paced_script(directory: str, connections: int, rate: int) -> str:
     path = os.path.join(directory, "paced.lua")
+    os.makedirs(directory, exist_ok=True)  # (a shared machine's /tmp cleaner may take it)
     with open(path, "w") as f:
         # Each connection waits this long before each request: connections / rate overall.
         delay_ms = max(0.0, 1000 * connections / rate - PACED_LATENCY_MS)
