@@ -52,8 +52,49 @@ PACED_LATENCY_MS = 1.8
 
 
 # -- the sidecar process ------------------------------------------------------------------
+#: Where a poll's time goes: (label, function names whose cumulative time counts there).
+#: Names, not modules, so the profile reads the same however the sidecar is split.
+PROFILE_PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("spool scan (list, open, header)", ("refresh",)),
+    ("scoreboards", ("_read_scoreboard", "read_scoreboard")),
+    ("/proc fd scans", ("socket_inodes",)),
+    ("kernel dump + parse", ("snapshot",)),
+    ("connection classify", ("classify", "find_listeners", "unix_listeners", "unix_unread")),
+    ("accept events", ("_read_accepts", "read_accepts")),
+    ("record decode (reader)", ("read_records",)),
+    ("per-record accounting", ("_account", "account")),
+    ("live stalls", ("_find_stalls", "find_stalls")),
+    ("process samples (psutil /proc)", ("_sample_processes", "sample_processes", "sample")),
+    ("metric rendering (scrape)", ("generate_latest",)),
+)
+
+
+def profile_summary(profile: Any) -> list[tuple[str, float, float]]:
+    """(part, seconds, share of all profiled time: polls and scrapes) for each part."""
+    import pstats
+
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    total_s = sum(tottime for _cc, _nc, tottime, _ct, _callers in stats.values())
+    rows = []
+    for label, names in PROFILE_PARTS:
+        matched = {
+            key
+            for key in stats
+            if key[2] in names and ("wsgiwatch" in key[0] or "prometheus_client" in key[0])
+        }
+        seconds = 0.0
+        for key in matched:
+            _cc, _nc, _tt, cumulative, callers = stats[key]
+            # A matched function called by another (a facade's method calling the module
+            # function of the same name) is in its caller's time already.
+            inner = sum(edge[3] for caller, edge in callers.items() if caller in matched)
+            seconds += cumulative - inner
+        rows.append((label, seconds, seconds / total_s if total_s else 0.0))
+    return rows
+
+
 def sidecar_process(
-    spool_dir: str, interval_s: float, watch_stalls: bool, conn: Connection
+    spool_dir: str, interval_s: float, watch_stalls: bool, conn: Connection, profile: bool = False
 ) -> None:
     """Poll on a fixed grid like the sidecar; answer the parent's commands between polls.
 
@@ -80,12 +121,17 @@ def sidecar_process(
     window: tuple[float, float, int, float] | None = None
     blocked0 = dropped0 = 0.0
     monitor.poll()
+    profiler: Any = None
     conn.send("ready")
     next_poll = time.monotonic() + interval_s
     while True:
         if conn.poll(max(0.0, next_poll - time.monotonic())):
             cmd = conn.recv()
             if cmd == "start":
+                if profile:
+                    import cProfile
+
+                    profiler = cProfile.Profile()
                 window = (_cpu_s(), time.monotonic(), len(log), monitor.requests.total())
                 blocked0 = monitor.blocked.total()
                 dropped0 = monitor.dropped_records()
@@ -97,8 +143,15 @@ def sidecar_process(
                 scrape = []
                 for _ in range(5):  # one Prometheus scrape, outside the window
                     s0 = time.perf_counter()
-                    generate_latest(registry)
+                    body = generate_latest(registry)
                     scrape.append(time.perf_counter() - s0)
+                parts: list[tuple[str, float, float]] = []
+                if profiler is not None:
+                    # One scrape per 15 s (Prometheus's default interval) of the window.
+                    for _ in range(max(1, round(wall / 15))):
+                        profiler.runcall(generate_latest, registry)
+                    parts = profile_summary(profiler)
+                    profiler = None
                 conn.send(
                     {
                         "cpu_pct": 100 * cpu / wall,
@@ -108,6 +161,8 @@ def sidecar_process(
                         "dropped": monitor.dropped_records() - dropped0,
                         "incidents": monitor.blocked.total() - blocked0,
                         "scrape_s": statistics.median(scrape),
+                        "scrape_bytes": len(body),
+                        "profile": parts,
                     }
                 )
             elif cmd == "log":
@@ -118,7 +173,10 @@ def sidecar_process(
             continue
         next_poll = max(next_poll + interval_s, time.monotonic())
         c0, t0 = time.process_time(), time.monotonic()
-        monitor.poll()
+        if profiler is not None:
+            profiler.runcall(monitor.poll)
+        else:
+            monitor.poll()
         t1 = time.monotonic()
         poll_cpu.append(time.process_time() - c0)
         log.append((t1, t1 - t0, _stalled(monitor) if watch_stalls else len(monitor.stalls)))
@@ -138,11 +196,13 @@ def _stalled(monitor: Any) -> int:
 
 
 @contextlib.contextmanager
-def sidecar(spool_dir: str, *, watch_stalls: bool = False) -> Iterator[Connection]:
+def sidecar(
+    spool_dir: str, *, watch_stalls: bool = False, profile: bool = False
+) -> Iterator[Connection]:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(
-        target=sidecar_process, args=(spool_dir, POLL_INTERVAL_S, watch_stalls, child)
+        target=sidecar_process, args=(spool_dir, POLL_INTERVAL_S, watch_stalls, child, profile)
     )
     proc.start()
     try:
@@ -224,7 +284,7 @@ def cost_window(
     return result
 
 
-def run_cost(window_s: float) -> list[dict[str, Any]]:
+def run_cost(window_s: float, profile: bool = False) -> list[dict[str, Any]]:
     extra = ["--keep-alive", "300", "--worker-connections", "4000", "--backlog", "2048"]
     if os.path.isdir("/dev/shm"):
         extra += ["--worker-tmp-dir", "/dev/shm"]
@@ -248,7 +308,7 @@ def run_cost(window_s: float) -> list[dict[str, Any]]:
         url = server.url + "/hello"
         wc.run_wrk(url, duration_s=1)  # every worker has its spool before the sidecar starts
         try:
-            with sidecar(spool_dir) as side:
+            with sidecar(spool_dir, profile=profile) as side:
                 for idle_count in IDLE_CONNECTIONS:
                     open_idle(server.port, idle_count - len(idle), idle)
                     for rate in (0, PACED_RATE, None):
@@ -257,6 +317,8 @@ def run_cost(window_s: float) -> list[dict[str, Any]]:
                         row["target"] = {0: "none", None: "max"}.get(rate, f"~{rate}/s")
                         rows.append(row)
                         print_cost_row(row)
+                        if profile:
+                            print_profile(row)
         finally:
             for s in idle:
                 s.close()
@@ -271,7 +333,7 @@ def print_cost_header(window_s: float) -> None:
     print(
         f"{'load':>7} {'req/s seen':>10} {'wrk req/s':>9} {'idle conns':>10} "
         f"{'CPU % of 1 core':>15} {'poll ms median':>14} {'p95':>6} "
-        f"{'poll CPU ms median':>18} {'p95':>6} {'polls':>5} {'scrape ms':>9} "
+        f"{'poll CPU ms median':>18} {'p95':>6} {'polls':>5} {'scrape ms':>9} {'KiB':>5} "
         f"{'HOL seen':>8} {'dropped':>7}"
     )
 
@@ -291,7 +353,18 @@ def print_cost_row(r: dict[str, Any]) -> None:
         f"{r['target']:>7} {r['requests_per_s']:10.0f} {wrk_rps} {r['idle']:10d} "
         f"{r['cpu_pct']:15.1f} {1000 * median:14.1f} {1000 * p95:6.1f} "
         f"{1000 * cpu_median:18.1f} {1000 * cpu_p95:6.1f} {len(r['polls']):5d} "
-        f"{1000 * r['scrape_s']:9.1f} {r['incidents']:8.0f} {r['dropped']:7d}",
+        f"{1000 * r['scrape_s']:9.1f} {r['scrape_bytes'] / 1024:5.0f} "
+        f"{r['incidents']:8.0f} {r['dropped']:7d}",
+        flush=True,
+    )
+
+
+def print_profile(r: dict[str, Any]) -> None:
+    """Where the row's poll time went (cProfile, so per-call work reads heavier than it is)."""
+    parts = sorted(r["profile"], key=lambda p: -p[1])
+    print(
+        "        profile: "
+        + ", ".join(f"{label} {100 * share:.0f}%" for label, _, share in parts if share >= 0.01),
         flush=True,
     )
 
@@ -354,10 +427,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--window", type=float, default=10.0, help="seconds measured per load")
     parser.add_argument("--trials", type=int, default=8, help="stall-latency trials")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile the sidecar (cProfile): where each row's poll time goes",
+    )
     args = parser.parse_args(argv)
     print(f"{os.cpu_count()} cores, python {sys.version.split()[0]}, {time.strftime('%F %H:%M')}")
     print_cost_header(args.window)
-    run_cost(args.window)
+    run_cost(args.window, args.profile)
     latencies = run_stall_latency(args.trials)
     found = sorted(x for x in latencies if x is not None)
     print(

@@ -21,6 +21,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from wsgiwatch.kernel import KernelError, KernelObserver, KernelSnapshot, UnixSocket
 from wsgiwatch.kernel import supported as kernel_supported
+from wsgiwatch.kernel.socket_watch import SocketWatch
 from wsgiwatch.sidecar import accumulate as acc
 from wsgiwatch.sidecar.connections import (
     Waiting,
@@ -85,6 +86,10 @@ class Monitor:
         self.registry = WorkerRegistry(spool_dir, procfs_root)
         self.kernel = (
             (kernel or KernelObserver(procfs_root)) if (use_kernel and kernel_supported) else None
+        )
+        # The kernel's view at a cost that does not grow with idle connections.
+        self._sockets = SocketWatch(
+            self.kernel or KernelObserver(procfs_root), listener_ports=self.listener_ports
         )
         self._route = acc.LabelCap(route_limit)
         self._blocker_route = acc.LabelCap(route_limit)
@@ -203,9 +208,8 @@ class Monitor:
         if self.kernel is None:
             return None
         live = [w for w in workers if w.alive]
-        inodes = {w.pid: self.kernel.socket_inodes(w.pid) for w in live}
         try:
-            snapshot = self.kernel.snapshot(tcp_ports=self.listener_ports or None)
+            snapshot, inodes = self._sockets.poll([w.pid for w in live])
         except KernelError as exc:  # a reply we cannot parse: report it, keep the spools
             self.kernel_notices = (f"kernel dump failed: {exc}",)
             if not self._kernel_error_logged:
