@@ -166,3 +166,16 @@ def test_classification_equals_a_full_dumps(server: Server) -> None:
     got, want = verdict(snap, inodes), verdict(full, full_inodes)
     assert got == want
     assert len(got[0]) == 2 and got[1] == 1  # the two unread, the one in the backlog
+
+
+def test_without_a_worker_at_capacity_only_listeners_are_dumped(server: Server) -> None:
+    server.connect(b"GET /w HTTP/1.1\r\n\r\n")
+    server.accept()  # unread: what a connection dump would show
+    server.connect(b"GET /backlog HTTP/1.1\r\n\r\n")
+    watch = SocketWatch(KernelObserver())
+    snap, _ = watch.poll([PID], connections=False)
+    assert ours(snap, server.port) == [("LISTEN", 0)]
+    [listener] = [s for s in snap.listening() if s.local_port == server.port]
+    assert listener.rqueue == 1  # the backlog still shows, on the listener
+    snap, _ = watch.poll([PID])
+    assert len(ours(snap, server.port)) == 3

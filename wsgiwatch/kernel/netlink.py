@@ -49,6 +49,7 @@ __all__ = [
     "TcpInfo",
     "build_inet_diag_request",
     "build_port_filter",
+    "build_tcpdiag_request",
     "build_unix_diag_request",
     "decode_addr",
     "dump",
@@ -65,6 +66,9 @@ T = TypeVar("T")
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
+#: The older inet_diag request (``struct inet_diag_req``): its dumps cover IPv4 and IPv6 in
+#: one walk of the kernel's socket hash, where SOCK_DIAG_BY_FAMILY walks it once per family.
+TCPDIAG_GETSOCK = 18
 NLMSG_NOOP = 1
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
@@ -91,6 +95,8 @@ _U32X2 = struct.Struct("=II")
 _BC_OP = struct.Struct("=BBH")
 # family, protocol, ext, pad, states; then the 48-byte sockid, all zero: "any socket".
 _INET_DIAG_REQ_V2 = struct.Struct("=BBBxI48x")
+# inet_diag_req: family, src_len, dst_len, ext, the 48-byte sockid (zero), states, dbs.
+_INET_DIAG_REQ = struct.Struct("=BBBB48xII")
 # family, state, (timer, retrans, ports), src, dst, (ifindex, cookie, expires), rqueue,
 # wqueue, uid, inode. Ports are big-endian, so they are read by _PORTS instead.
 _INET_DIAG_MSG = struct.Struct("=BB6x16s16s16xIIII")
@@ -99,7 +105,12 @@ _PORTS = struct.Struct("!HH")
 _TCP_INFO = struct.Struct("=B23xII12xI4xI")
 _UNIX_DIAG_REQ = struct.Struct("=BBxxIII8x")
 _UNIX_DIAG_MSG = struct.Struct("=BBBxI8x")
-assert _INET_DIAG_REQ_V2.size == 56 and _INET_DIAG_MSG.size == 72 and _TCP_INFO.size == 56
+assert (
+    _INET_DIAG_REQ.size == 60
+    and _INET_DIAG_REQ_V2.size == 56
+    and _INET_DIAG_MSG.size == 72
+    and _TCP_INFO.size == 56
+)
 assert _UNIX_DIAG_REQ.size == 24 and _UNIX_DIAG_MSG.size == 16
 
 _STATE_NAMES = {
@@ -243,6 +254,30 @@ def build_inet_diag_request(
     return header + body
 
 
+def build_tcpdiag_request(
+    seq: int,
+    *,
+    states: int = DEFAULT_TCP_STATES,
+    ports: Collection[int] | None = None,
+    local_only: bool = False,
+) -> bytes:
+    """A ``TCPDIAG_GETSOCK`` dump request: TCP sockets of both families, with tcp_info.
+
+    The kernel walks its whole established-socket hash for every dump that asks for any
+    state but LISTEN: about a millisecond for 262,144 buckets here, however few sockets
+    match. This request's dump covers IPv4 and IPv6 in one walk, half the cost of one
+    ``SOCK_DIAG_BY_FAMILY`` dump per family. Replies are the same ``inet_diag_msg``.
+    """
+    body = _INET_DIAG_REQ.pack(socket.AF_INET, 0, 0, 1 << (INET_DIAG_INFO - 1), states, 0)
+    if ports is not None:
+        bytecode = (
+            build_port_filter(ports, local_only=True) if local_only else build_port_filter(ports)
+        )
+        body += _NLATTR.pack(4 + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
+    header = _NLMSGHDR.pack(16 + len(body), TCPDIAG_GETSOCK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
+    return header + body
+
+
 def build_unix_diag_request(
     seq: int,
     *,
@@ -283,7 +318,7 @@ def split_messages(
         if length < 16 or length > end - off:
             raise KernelParseError("nlmsghdr", f"nlmsg_len {length}, {end - off} bytes left", off)
         if seq is None or mseq == seq:
-            if mtype == SOCK_DIAG_BY_FAMILY:
+            if mtype in (SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK):
                 append((off + 16, off + length))
             elif mtype == NLMSG_DONE:
                 if length >= 20:

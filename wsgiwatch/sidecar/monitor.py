@@ -209,7 +209,9 @@ class Monitor:
             return None
         live = [w for w in workers if w.alive]
         try:
-            snapshot, inodes = self._sockets.poll([w.pid for w in live])
+            snapshot, inodes = self._sockets.poll(
+                [w.pid for w in live], connections=any(w.busy >= w.blocking_capacity for w in live)
+            )
         except KernelError as exc:  # a reply we cannot parse: report it, keep the spools
             self.kernel_notices = (f"kernel dump failed: {exc}",)
             if not self._kernel_error_logged:

@@ -8,6 +8,7 @@ file and the field; it never crashes the reader with anything else.
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import os
 import time
@@ -153,6 +154,83 @@ class ReadResult:
     records: list[Record]
     lost: int  # overwritten before this reader got to them
     torn: int  # claimed by a writer that never finished them
+
+
+# The sidecar builds one Record per finished request. A frozen dataclass's __init__ sets each
+# of its 20 fields through object.__setattr__, which resolves the slot by name every time
+# (about 4 us a record here, a third of the sidecar's whole per-request cost); calling the
+# slot descriptors directly is a quarter of that. Same object, as immutable afterwards:
+# tests check it equals Record(...) field for field (as kernel/records.py does for sockets).
+(
+    _set_seq,
+    _set_pid,
+    _set_request,
+    _set_accept_ns,
+    _set_arrival_ns,
+    _set_entry_ns,
+    _set_headers_ns,
+    _set_exit_ns,
+    _set_proxy_wall_ns,
+    _set_bytes_sent,
+    _set_tid,
+    _set_slot,
+    _set_status,
+    _set_flags,
+    _set_peer_port,
+    _set_server_port,
+    _set_method,
+    _set_accept_source,
+    _set_peer,
+    _set_route,
+) = (getattr(Record, field.name).__set__ for field in dataclasses.fields(Record))
+_new = object.__new__
+
+
+def make_record(
+    seq: int,
+    pid: int,
+    request: int,
+    accept_ns: int,
+    arrival_ns: int,
+    entry_ns: int,
+    headers_ns: int,
+    exit_ns: int,
+    proxy_wall_ns: int,
+    bytes_sent: int,
+    tid: int,
+    slot: int,
+    status: int,
+    flags: int,
+    peer_port: int,
+    server_port: int,
+    method: str,
+    accept_source: str,
+    peer: str,
+    route: str,
+) -> Record:
+    """``Record(...)`` with the same arguments, in a quarter of the time (for the reader)."""
+    record: Record = _new(Record)
+    _set_seq(record, seq)
+    _set_pid(record, pid)
+    _set_request(record, request)
+    _set_accept_ns(record, accept_ns)
+    _set_arrival_ns(record, arrival_ns)
+    _set_entry_ns(record, entry_ns)
+    _set_headers_ns(record, headers_ns)
+    _set_exit_ns(record, exit_ns)
+    _set_proxy_wall_ns(record, proxy_wall_ns)
+    _set_bytes_sent(record, bytes_sent)
+    _set_tid(record, tid)
+    _set_slot(record, slot)
+    _set_status(record, status)
+    _set_flags(record, flags)
+    _set_peer_port(record, peer_port)
+    _set_server_port(record, server_port)
+    _set_method(record, method)
+    _set_accept_source(record, accept_source)
+    _set_peer(record, peer)
+    _set_route(record, route)
+    return record
 
 
 def _text(raw: bytes, encoding: str = "utf-8") -> str:
@@ -385,27 +463,27 @@ class SpoolReader:
         (headers, exit_, proxy, nbytes, status, flags, server_port, slot) = (
             fmt.RECORD_EXIT.unpack_from(raw, fmt.RECORD_EXIT_OFFSET)
         )
-        return Record(
-            seq=seq,
-            pid=self.pid,
-            request=request,
-            accept_ns=accept,
-            arrival_ns=arrival,
-            entry_ns=entry,
-            headers_ns=headers,
-            exit_ns=exit_,
-            proxy_wall_ns=proxy,
-            bytes_sent=nbytes,
-            tid=tid,
-            slot=slot,
-            status=status,
-            flags=flags,
-            peer_port=peer_port,
-            server_port=server_port,
-            method=_method(method),
-            accept_source=_source(source),
-            peer=_text(peer, "ascii"),
-            route=_text(route),
+        return make_record(
+            seq,
+            self.pid,
+            request,
+            accept,
+            arrival,
+            entry,
+            headers,
+            exit_,
+            proxy,
+            nbytes,
+            tid,
+            slot,
+            status,
+            flags,
+            peer_port,
+            server_port,
+            _method(method),
+            _source(source),
+            _text(peer, "ascii"),
+            _text(route),
         )
 
     # -- scoreboard ------------------------------------------------------------------------
