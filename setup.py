@@ -1,7 +1,7 @@
 """The optional C accelerator of the middleware's per-request path.
 
 Everything else is in pyproject.toml. ``optional=True``: without a compiler the build goes
-on and WSGIWatch uses its pure-Python path (wsgiwatch/worker/middleware.py), which records the same
+on and WSGIWatch uses its pure-Python path (wsgiwatch/worker/python_path.py), which records the same
 bytes, only slower.
 """
 
@@ -19,6 +19,7 @@ setup(
         Extension(
             "wsgiwatch.worker._speedups",
             ["wsgiwatch/worker/_speedups.c"],
+            depends=["wsgiwatch/worker/_layout.h"],  # generated from wsgiwatch/spool/layout.py
             optional=True,
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         )

@@ -132,8 +132,8 @@ def sidecar_process(
                     import cProfile
 
                     profiler = cProfile.Profile()
-                window = (_cpu_s(), time.monotonic(), len(log), monitor.requests.total())
-                blocked0 = monitor.blocked.total()
+                window = (_cpu_s(), time.monotonic(), len(log), _total(monitor.tallies.requests))
+                blocked0 = _total(monitor.tallies.blocked)
                 dropped0 = monitor.dropped_records()
             elif cmd == "stop" and window is not None:
                 cpu0, t0, first, requests0 = window
@@ -157,9 +157,9 @@ def sidecar_process(
                         "cpu_pct": 100 * cpu / wall,
                         "polls": polls,
                         "polls_cpu": polls_cpu,
-                        "requests_per_s": (monitor.requests.total() - requests0) / wall,
+                        "requests_per_s": (_total(monitor.tallies.requests) - requests0) / wall,
                         "dropped": monitor.dropped_records() - dropped0,
-                        "incidents": monitor.blocked.total() - blocked0,
+                        "incidents": _total(monitor.tallies.blocked) - blocked0,
                         "scrape_s": statistics.median(scrape),
                         "scrape_bytes": len(body),
                         "profile": parts,
@@ -180,6 +180,11 @@ def sidecar_process(
         t1 = time.monotonic()
         poll_cpu.append(time.process_time() - c0)
         log.append((t1, t1 - t0, _stalled(monitor) if watch_stalls else len(monitor.stalls)))
+
+
+def _total(counter: Any) -> float:
+    """A sidecar counter summed over its labels, as a scrape would read it."""
+    return float(sum(s.value for s in counter.family("total", "").samples))
 
 
 def _cpu_s() -> float:

@@ -25,9 +25,10 @@ from support.hol_scenario import Outcome as Got
 from support.servers import free_port
 
 from wsgiwatch.cli import build_parser
-from wsgiwatch.cli.advice import Situation, advise, server_family
+from wsgiwatch.cli.advice import Situation, advise, server_family, situation_of
 from wsgiwatch.cli.client import Metrics, SidecarClient, parse_duration
-from wsgiwatch.cli.diagnose import Snapshot, analyse, render
+from wsgiwatch.cli.diagnosis import Diagnosis, Snapshot, analyse
+from wsgiwatch.cli.diagnosis_text import render as render_text
 from wsgiwatch.sidecar.monitor import Monitor
 from wsgiwatch.sidecar.server import SidecarServer
 
@@ -144,8 +145,7 @@ def test_url_from_environment_and_json_against_fixture_sidecar() -> None:
             env=dict(os.environ, WSGIWATCH_URL=server.url),
         )
         client = SidecarClient(server.url)
-        assert client.incidents(2) == INCIDENTS[:2]
-        assert "polls" in client.health()
+        assert client.get_json("/api/incidents?limit=2")["incidents"] == INCIDENTS[:2]
     assert result.returncode == 1, result.stderr
     data = json.loads(result.stdout)
     assert data["url"] == server.url
@@ -179,6 +179,11 @@ def snapshot(
 ) -> Snapshot:
     recent = {"now_ns": 10**10, "wall_offset_ns": 0, "requests": requests or []}
     return Snapshot(300.0, recent, copy.deepcopy(state or STATE), Metrics())
+
+
+def render(d: Diagnosis) -> str:
+    """What ``wsgiwatch diagnose`` prints for ``d``, with the advice it would give."""
+    return render_text(d, advise(situation_of(d)))
 
 
 def flat(text: str) -> str:
@@ -219,7 +224,7 @@ def test_fixture_healthy_and_idle() -> None:
     healthy = analyse(snapshot([request()], state))
     assert healthy.verdict == "healthy" and healthy.exit_code == 0
     assert "HEALTHY: none of the 1 requests of the last 5 min" in flat(render(healthy))
-    assert healthy.advice == []  # the hook is on, nothing waited
+    assert advise(situation_of(healthy)) == []  # the hook is on, nothing waited
     idle = analyse(snapshot([], state))
     assert idle.verdict == "idle" and idle.exit_code == 0
     assert "nothing to judge yet" in render(idle)
@@ -311,3 +316,52 @@ def test_gevent_advice() -> None:
 def test_healthy_but_long_kernel_backlog_suggests_more_workers() -> None:
     situation = Situation("gunicorn", "g", 1, 2, False, (), 0.0, 0, True, False, 0.4)
     assert "400 ms on average in the kernel backlog" in advise(situation)[0]
+
+
+# -- never advise what is in place ------------------------------------------------------------
+
+
+def test_hook_on_is_never_advised_and_the_text_agrees() -> None:
+    """The header says the hook is on: no line may ask for it, nor call the backlog
+    unmeasured for want of it, even when nothing was timed."""
+    state = copy.deepcopy(STATE)
+    state["stalls"] = []
+    blind = [request(wait_source="none", wait_s=None, ready_ns=None)]
+    for requests in (copy.deepcopy(RECENT), blind):
+        text = flat(render(analyse(snapshot(requests, state))))
+        assert "accept hook on)" in text
+        assert "Turn on the accept hook" not in text
+        assert "turn on the accept hook" not in text
+        assert "(the accept hook measures it)" not in text
+    assert "the accept hook is on, yet no request was matched" in flat(
+        render(analyse(snapshot(blind, state)))
+    )
+
+
+def test_hook_in_some_workers_is_in_place() -> None:
+    state = copy.deepcopy(STATE)
+    other = copy.deepcopy(state["workers"][0])
+    other.update(worker=1, pid=4243, busy=0, slots=[], accept_hook=False)
+    state["workers"].append(other)
+    d = analyse(snapshot(copy.deepcopy(RECENT), state))
+    assert (d.accept_hook, d.hook_workers) == (False, 1)
+    text = flat(render(d))
+    assert "accept hook on in 1 of 2 workers" in text
+    assert "Turn on the accept hook" not in text
+
+
+def test_gevent_workers_are_not_told_to_turn_on_a_hook_they_cannot_have() -> None:
+    """gunicorn's gevent worker accepts in its own loop: install_gunicorn declines it, so
+    its spool says "no hook" even with wsgiwatch.gunicorn_config loaded."""
+    state = copy.deepcopy(STATE)
+    state["workers"][0].update(accept_hook=False, cooperative=True, capacity=1000)
+    text = flat(render(analyse(snapshot(copy.deepcopy(RECENT), state))))
+    assert "accept hook off" in text and "event loop" in text
+    assert "accept hook for exact" not in text and "gunicorn_config" not in text
+
+
+@pytest.mark.parametrize("family", ["gunicorn", "waitress", "cheroot", "uwsgi", "mod_wsgi"])
+@pytest.mark.parametrize("blocking", [True, False])
+def test_no_family_is_told_to_turn_on_a_hook_that_is_on(family: Any, blocking: bool) -> None:
+    on = Situation(family, "x", 2, 2, blocking, ("/report",), 1.0, 0, True, False, 0.5)
+    assert not any("accept hook" in a for a in advise(on))

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 import wsgiwatch.kernel as kernel
 from wsgiwatch.kernel import (
@@ -94,16 +94,16 @@ def test_unfiltered_and_python_filtered_snapshots_agree(facts: Facts) -> None:
 
 
 def test_kernel_refusing_the_filter_falls_back_to_python(
-    facts: Facts, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    facts: Facts, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # An opcode the kernel does not know: it answers EINVAL, as a pre-S_EQ kernel would.
     monkeypatch.setattr(netlink, "build_port_filter", lambda ports: b"\x63\x04\x08\x00")
     observer = KernelObserver()
-    with caplog.at_level(logging.INFO, logger="wsgiwatch.kernel"):
+    with capture_logs() as logs:
         snap = observer.snapshot(tcp_ports=ports_of(facts), unix=False)
     check_tcp(snap, facts)
     assert snap.unix == [] and observer._kernel_filter is False
-    assert "kernel.port_filter_refused" in caplog.text
+    assert [(e["event"], e["log_level"]) for e in logs] == [("kernel.port_filter_refused", "info")]
 
 
 def test_unix_paths_filter(facts: Facts) -> None:
@@ -128,37 +128,35 @@ def test_arrival_estimate(facts: Facts) -> None:
 
 
 def test_unsupported_platform_gives_empty_snapshot_and_one_notice(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(kernel, "supported", False)
     observer = KernelObserver()
-    with caplog.at_level(logging.WARNING, logger="wsgiwatch.kernel"):
+    with capture_logs() as logs:
         first = observer.snapshot(tcp_ports=[80])
         second = observer.snapshot()
     for snap in (first, second):
         assert (snap.tcp, snap.unix) == ([], [])
         assert len(snap.notices) == 1 and "need Linux" in snap.notices[0]
-    assert [r.getMessage() for r in caplog.records].count(
-        f"kernel.unavailable: {first.notices[0]}"
-    ) == 1
+    assert logs == [
+        {"event": "kernel.unavailable", "notice": first.notices[0], "log_level": "warning"}
+    ]
     with pytest.raises(KernelUnavailable):
         observer.check()
 
 
-def test_netlink_refused_gives_empty_snapshot(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_netlink_refused_gives_empty_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> socket.socket:
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
     monkeypatch.setattr(netlink.socket, "socket", refuse)
     observer = KernelObserver()
-    with caplog.at_level(logging.WARNING, logger="wsgiwatch.kernel"):
+    with capture_logs() as logs:
         snap = observer.snapshot()
         observer.snapshot()
     assert (snap.tcp, snap.unix) == ([], [])
     assert "NETLINK_SOCK_DIAG socket refused" in snap.notices[0]
-    assert len(caplog.records) == 1
+    assert [e["event"] for e in logs] == ["kernel.unavailable"]
     with pytest.raises(KernelUnavailable, match="refused"):
         observer.check()
 

@@ -112,3 +112,50 @@ def test_live_start_ticks_of_this_process_and_a_child() -> None:
         child.communicate(b"")
     assert theirs is not None and theirs >= mine
     assert procfs.process_start_ticks(child.pid) is None  # reaped: gone
+
+
+def test_sample_from_fixture_stat() -> None:
+    # 4242's stat has utime 12 and stime 3 ticks (fields 14 and 15), and no statm.
+    sample = procfs.process_sample(4242, FIXTURE_PROC)
+    assert sample is not None
+    assert sample.start_ticks == 123456
+    assert sample.cpu_seconds == 15 / os.sysconf("SC_CLK_TCK")
+    assert sample.rss_bytes is None
+    assert procfs.process_sample(999_999, FIXTURE_PROC) is None  # vanished
+
+
+def test_malformed_statm_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "stat").write_bytes((FIXTURES / "proc" / "4242" / "stat").read_bytes())
+    (tmp_path / "7" / "statm").write_text("9000 lots\n")
+    with pytest.raises(KernelParseError, match=r"7/statm.*lots"):
+        procfs.process_sample(7, str(tmp_path))
+
+
+def test_live_sample_agrees_with_ps() -> None:
+    """This process's memory and CPU time as ``ps`` reads them (its own parser of /proc)."""
+    burn = 0
+    for i in range(2_000_000):  # enough CPU time to read as more than a few ticks
+        burn += i
+    before = os.times()
+    sample = procfs.process_sample(os.getpid())
+    after = os.times()
+    out = subprocess.run(
+        ["ps", "-o", "rss=", "-p", str(os.getpid())], capture_output=True, text=True, check=True
+    )
+    assert sample is not None and sample.rss_bytes is not None
+    ps_rss = int(out.stdout) * 1024
+    # The two reads are a few ms apart; this process allocates little meanwhile.
+    assert abs(sample.rss_bytes - ps_rss) <= max(1 << 20, ps_rss // 20)
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    low = before.user + before.system - 2 * tick
+    high = after.user + after.system + 2 * tick
+    assert low <= sample.cpu_seconds <= high
+
+
+def test_pid_exists() -> None:
+    assert procfs.pid_exists(os.getpid())
+    assert procfs.pid_exists(1)  # init: another user's (or ours, as root): exists either way
+    with subprocess.Popen([sys.executable, "-c", "pass"]) as child:
+        child.wait()
+    assert not procfs.pid_exists(child.pid)  # reaped: gone

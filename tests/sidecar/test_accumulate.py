@@ -53,7 +53,6 @@ def test_histogram_buckets_are_cumulative_and_inclusive_of_their_bound() -> None
     by_name = {s.name: s.value for s in fam.samples if s.name != "h_bucket"}
     assert by_name["h_count"] == 5
     assert by_name["h_sum"] == pytest.approx(3.65)
-    assert hist.count(()) == 5
 
 
 def test_histogram_series_by_label() -> None:
@@ -61,9 +60,8 @@ def test_histogram_series_by_label() -> None:
     hist.observe(("/a",), 0.003)
     hist.observe(("/b",), 100.0)
     hist.observe(("/b",), 0.0)
-    assert hist.count(("/a",)) == 1
-    assert hist.count(("/b",)) == 2
-    assert hist.count(("/c",)) == 0
+    assert buckets(hist, ("/a",))["+Inf"] == 1
+    assert buckets(hist, ("/c",)) == {}
     b = buckets(hist, ("/b",))
     assert b["0.001"] == 1 and b["60.0"] == 1 and b["+Inf"] == 2
     assert len(b) == len(WAIT_BUCKETS) + 1
@@ -79,10 +77,6 @@ def test_counter_sums_by_labels() -> None:
     c.inc(("x",))
     c.inc(("x",), 2.5)
     c.inc(("y",))
-    assert c.get(("x",)) == 3.5
-    assert c.get(("z",)) == 0
-    assert c.total() == 4.5
-    assert sorted(c.items()) == [(("x",), 3.5), (("y",), 1.0)]
     fam = c.family("things_total", "doc", ["kind"])
     assert {s.labels["kind"]: s.value for s in fam.samples} == {"x": 3.5, "y": 1.0}
 

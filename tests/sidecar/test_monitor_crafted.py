@@ -583,10 +583,21 @@ CONTRACT = {
 FORBIDDEN_LABELS = {"pid", "thread", "tid", "path", "peer", "ppid"}
 
 
+def fake_usage(proc: FakeProc, pid: int, *, cpu_ticks: tuple[int, int], pages: int) -> None:
+    """Give a fake process CPU time (utime, stime: /proc/PID/stat fields 14 and 15) and
+    resident memory (the second field of /proc/PID/statm, in pages)."""
+    fields = ["S", str(FAKE_PPID)] + ["0"] * 17 + ["1000"] + ["0"] * 20  # fields 3 to 42
+    fields[14 - 3], fields[15 - 3] = map(str, cpu_ticks)
+    with open(os.path.join(proc.root, str(pid), "stat"), "w", encoding="ascii") as f:
+        f.write(f"{pid} (gunicorn: worker) {' '.join(fields)}\n")
+    with open(os.path.join(proc.root, str(pid), "statm"), "w", encoding="ascii") as f:
+        f.write(f"9000 {pages} 300 10 0 700 0\n")
+
+
 def test_every_contract_metric_is_exposed_with_its_labels(scene: Scene) -> None:
-    # One worker is this very process (alive in the fake procfs; psutil reads the real one),
-    # so there is memory and CPU time to report.
+    # One worker is this very process, with CPU time and memory in the fake procfs.
     me = scene.worker(os.getpid(), accept_hook=True)
+    fake_usage(scene.proc, os.getpid(), cpu_ticks=(250, 50), pages=1234)
     w = scene.worker(W1, accept_hook=True)
     scene.worker(W2)
     slow_then_fast(scene, w, fast=2)
@@ -630,8 +641,9 @@ def test_every_contract_metric_is_exposed_with_its_labels(scene: Scene) -> None:
     mine = str(next(w["worker"] for w in monitor.state()["workers"] if w["pid"] == os.getpid()))
     assert value(m, "wsgiwatch_stalled_requests", worker=mine) == 1
     assert value(m, "wsgiwatch_oldest_stall_seconds") >= 0.5
-    assert value(m, "wsgiwatch_worker_resident_memory_bytes", worker=mine) > 1_000_000
-    assert value(m, "wsgiwatch_worker_cpu_seconds_total", worker=mine) > 0
+    page, ticks = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_CLK_TCK")
+    assert value(m, "wsgiwatch_worker_resident_memory_bytes", worker=mine) == 1234 * page
+    assert value(m, "wsgiwatch_worker_cpu_seconds_total", worker=mine) == 300 / ticks
     assert value(m, "wsgiwatch_listen_backlog", listener="127.0.0.1:8000") == 2
     assert {s.labels["listener"] for s in m["wsgiwatch_listen_backlog_limit"]} == {
         "127.0.0.1:8000"

@@ -3,16 +3,18 @@ damaged files, retirement."""
 
 from __future__ import annotations
 
-import logging
 import os
+import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
+from structlog.testing import capture_logs
 from support.sidecar_support import FAKE_PID_BASE, FakeProc, make_spool
 
-from wsgiwatch.kernel.procstat import process_start_ticks
+from wsgiwatch.kernel.procfs import process_start_ticks
 from wsgiwatch.sidecar.workers import WorkerRegistry
 from wsgiwatch.spool import layout as fmt
 
@@ -193,7 +195,7 @@ def test_a_recycled_pid_with_another_start_time_is_dead(spool_dir: str) -> None:
 
 
 def test_a_spool_removed_behind_our_back_is_dead_and_retires_quietly(
-    spool_dir: str, proc: FakeProc, registry: WorkerRegistry, caplog: pytest.LogCaptureFixture
+    spool_dir: str, proc: FakeProc, registry: WorkerRegistry
 ) -> None:
     path = spawn(spool_dir, proc, P1)
     registry.refresh()
@@ -204,10 +206,10 @@ def test_a_spool_removed_behind_our_back_is_dead_and_retires_quietly(
     assert not worker.alive  # its process lives, but there is nothing more to read
     # The mapping outlives the file: the last records can still be read.
     assert worker.reader.read_records().records == []
-    with caplog.at_level(logging.WARNING, logger="wsgiwatch.sidecar"):
+    with capture_logs() as logs:
         registry.retire(worker)
     assert registry.workers == {}
-    assert caplog.records == []
+    assert logs == []
 
 
 # --- damaged files --------------------------------------------------------------------------
@@ -228,23 +230,26 @@ def _damaged(spool_dir: str) -> dict[str, str]:
 
 
 def test_damaged_spools_are_counted_and_logged_once(
-    spool_dir: str, proc: FakeProc, registry: WorkerRegistry, caplog: pytest.LogCaptureFixture
+    spool_dir: str, proc: FakeProc, registry: WorkerRegistry
 ) -> None:
     for pid in (P1, P2, P3):
         proc.add(pid, pid - FAKE_PID_BASE)
     paths = _damaged(spool_dir)
-    with caplog.at_level(logging.WARNING, logger="wsgiwatch.sidecar"):
+    with capture_logs() as logs:
         registry.refresh()
         registry.refresh()
         registry.refresh()
     assert registry.workers == {}
     assert registry.spool_errors == 3
-    messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 3
-    assert all(m.startswith("spool.unreadable") for m in messages)
+    assert [e["event"] for e in logs] == ["spool.unreadable"] * 3
+    assert all(e["log_level"] == "warning" for e in logs)
+    errors = {e["path"]: e["error"] for e in logs}
+    assert set(errors) == set(paths.values())
     for kind, path in paths.items():
-        (line,) = [m for m in messages if path in m]
-        assert {"truncated": "shorter", "magic": "bad magic", "version": "version"}[kind] in line
+        assert {"truncated": "shorter", "magic": "bad magic", "version": "version"}[kind] in (
+            errors[path]
+        )
+    assert sorted(os.listdir(spool_dir)) == sorted(os.path.basename(p) for p in paths.values())
 
 
 def test_a_spool_being_created_is_no_error_and_is_opened_once_ready(
@@ -277,3 +282,87 @@ def test_a_damaged_spool_replaced_by_a_good_one_at_the_same_path_is_opened(
     os.utime(good.path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     registry.refresh()
     assert [w.pid for w in registry.live()] == [P3]
+
+
+# --- cleaning up (the sidecar's job: a worker only touches its own spool) -------------------
+def test_unreadable_spools_of_gone_processes_are_removed_others_kept(
+    spool_dir: str, proc: FakeProc, registry: WorkerRegistry
+) -> None:
+    """Empty files named like spools: each is unreadable; the process its name gives decides
+    whether it is removed."""
+    proc.add(P1, 1000)
+    gone = dead_pid()
+    names = {
+        "alive": fmt.spool_name(P1, 1000),  # its process lives: kept, counted
+        "recycled": fmt.spool_name(P1, 999),  # same pid, another start: gone
+        "dead": fmt.spool_name(gone, 12345),
+        "no_ticks_dead": fmt.spool_name(gone, 0),  # no start time known: by the pid alone
+        "not_a_spool": f"{gone}-12345.txt",
+        "bad_name": "worker-x.spool",  # names no process: kept, counted
+    }
+    for name in names.values():
+        with open(os.path.join(spool_dir, name), "wb"):
+            pass
+    with capture_logs() as logs:
+        registry.refresh()
+        registry.refresh()
+    assert set(os.listdir(spool_dir)) == {
+        names["alive"],
+        names["not_a_spool"],
+        names["bad_name"],
+    }
+    removed = sorted(os.path.basename(e["path"]) for e in logs if e["event"] == "spool.removed")
+    assert removed == sorted(names[k] for k in ("recycled", "dead", "no_ticks_dead"))
+    assert registry.spool_errors == 5  # each unreadable file counted once, however many polls
+    assert registry.workers == {}
+
+
+def test_a_drained_spool_of_a_gone_process_is_removed_and_a_new_one_gets_its_index(
+    spool_dir: str, proc: FakeProc, registry: WorkerRegistry
+) -> None:
+    first = spawn(spool_dir, proc, P1)
+    registry.refresh()
+    (worker,) = registry.workers.values()
+    proc.kill(P1)
+    registry.refresh()
+    assert not worker.alive
+    registry.retire(worker)
+    assert not os.path.exists(first)
+    spawn(spool_dir, proc, P2)
+    registry.refresh()
+    assert indexes(registry) == {P2: worker.index}
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "directory"])
+def test_entries_that_are_not_regular_files_are_never_opened(
+    spool_dir: str, proc: FakeProc, registry: WorkerRegistry, kind: str
+) -> None:
+    """Opening a FIFO for reading blocks until a writer comes: the registry must not even
+    try. A symlink may point anywhere, a directory is no spool."""
+    gone = dead_pid()
+    path = os.path.join(spool_dir, fmt.spool_name(gone, 1))
+    target = spawn(spool_dir, proc, P1)  # a good spool a symlink could lead to
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink":
+        os.symlink(target, path)
+    else:
+        os.mkdir(path)
+    with capture_logs() as logs:
+        # In a thread, so that a FIFO opened for reading fails the test instead of hanging it.
+        polls = threading.Thread(target=lambda: [registry.refresh() for _ in range(3)])
+        polls.daemon = True
+        polls.start()
+        polls.join(10)
+    assert not polls.is_alive(), "refresh() hangs on a non-regular file"
+    assert [w.pid for w in registry.live()] == [P1]
+    assert [(e["event"], e["path"]) for e in logs] == [("spool.not_a_file", path)]
+    assert registry.spool_errors == 1
+    assert (
+        stat.S_IFMT(os.lstat(path).st_mode)
+        == {
+            "fifo": stat.S_IFIFO,
+            "symlink": stat.S_IFLNK,
+            "directory": stat.S_IFDIR,
+        }[kind]
+    )  # left alone: whoever put it there may want to see it

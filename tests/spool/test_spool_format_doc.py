@@ -83,3 +83,20 @@ def test_accept_offsets() -> None:
 def test_default_size_stated() -> None:
     size = fmt.spool_size(64, 4096, 1024)
     assert f"{size:,}" in DOC.read_text()
+
+
+def test_named_fields_are_where_the_struct_formats_put_them() -> None:
+    """layout.field_layout (what the C header is generated from) against this file's own
+    reading of the formats."""
+    for layout, names, base in (
+        (fmt.HEADER_IDENTITY, fmt.HEADER_IDENTITY_FIELDS, 0),
+        (fmt.SLOT, fmt.SLOT_FIELDS, 0),
+        (fmt.RECORD_EXIT, fmt.RECORD_EXIT_FIELDS, fmt.RECORD_EXIT_OFFSET),
+        (fmt.ACCEPT_BODY, fmt.ACCEPT_FIELDS, 0),
+    ):
+        named = fmt.field_layout(layout, names, base)
+        assert [offset for offset, _ in named.values()] == field_offsets(layout.format, base)
+    assert fmt.field_layout(fmt.SLOT, fmt.SLOT_FIELDS)["route"] == (
+        fmt.RECORD_ROUTE_OFFSET,
+        fmt.ROUTE_FIELD.size,
+    )

@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 from wsgiwatch.spool.reader import (
@@ -21,7 +22,7 @@ from wsgiwatch.spool.reader import (
     SpoolReader,
     list_spools,
 )
-from wsgiwatch.worker import middleware, process_spool
+from wsgiwatch.worker import bridge, process_spool, settings
 
 #: Small geometry for in-process spools, so dozens of tests do not pin megabytes of /dev/shm.
 SMALL = {"slots": 8, "ring_size": 64, "accept_events": 8}
@@ -103,26 +104,27 @@ def spool_bytes(directory: str) -> bytes:
 
 def forget_spool(directory: str) -> None:
     """Close this process's writer for ``directory`` and drop it from the module caches."""
-    middleware._ready.pop(directory, None)
+    settings.ready.pop(directory, None)
     writer = process_spool._writers.pop(directory, None)
     if writer is not None:
         writer.close()
 
 
 @contextlib.contextmanager
-def swapped(**internals: Any) -> Iterator[None]:
-    """Swap internals of ``wsgiwatch.worker.middleware`` (to break them) for both implementations:
-    the C path is handed the swapped ones too, and the originals again afterwards."""
-    saved = {name: getattr(middleware, name) for name in internals}
+def swapped(module: ModuleType, **internals: Any) -> Iterator[None]:
+    """Swap internals of a ``wsgiwatch.worker`` module (to break them) for both
+    implementations: the C path is handed the swapped ones too, and the originals again
+    afterwards."""
+    saved = {name: getattr(module, name) for name in internals}
     for name, value in internals.items():
-        setattr(middleware, name, value)
-    middleware._share_with_accelerator()
+        setattr(module, name, value)
+    bridge.share_with_accelerator()
     try:
         yield
     finally:
         for name, value in saved.items():
-            setattr(middleware, name, value)
-        middleware._share_with_accelerator()
+            setattr(module, name, value)
+        bridge.share_with_accelerator()
 
 
 @contextlib.contextmanager

@@ -30,11 +30,18 @@ from werkzeug.test import Client
 from wsgiwatch import WSGIWatch
 from wsgiwatch.spool import layout as fmt
 from wsgiwatch.spool.reader import SpoolReader, list_spools
-from wsgiwatch.worker import middleware
+from wsgiwatch.worker import (
+    accept_sources,
+    internal_errors,
+    middleware,
+    python_path,
+    request_keys,
+    settings,
+)
 
 PATHS = ["/kinds/list1", "/kinds/generator", "/stream", "/write", "/kinds/empty-list", "/nope"]
-DISABLED = "recording disabled"
-INTERNAL = "internal error while recording"
+DISABLED = "worker.recording_disabled"
+INTERNAL = "worker.internal_error"
 
 # Every test here runs against the C path and the pure-Python one.
 pytestmark = pytest.mark.usefixtures("implementation")
@@ -43,7 +50,7 @@ pytestmark = pytest.mark.usefixtures("implementation")
 @pytest.fixture
 def log_once_again(monkeypatch: pytest.MonkeyPatch) -> None:
     """The "logged once" memory of internal errors is per process: start from scratch."""
-    monkeypatch.setattr(middleware, "_logged", [])
+    monkeypatch.setattr(internal_errors, "logged", [])
 
 
 def response(app: Any, path: str) -> tuple[str, list[tuple[str, str]], bytes]:
@@ -259,7 +266,7 @@ def test_internal_error_at_exit_leaves_the_response_alone(
 ) -> None:
     watched = WSGIWatch(raw_app, spool_dir=watch_dir, **SMALL)
     assert_unchanged(watched, ["/kinds/list1"])  # opens the spool, one good record
-    with swapped(_proxy_wall_ns=_boom):  # a front proxy's header is read at exit
+    with swapped(accept_sources, proxy_wall_ns=_boom):  # a front proxy's header is read at exit
         assert_unchanged(_behind_a_proxy(watched))
     header = header_of(watch_dir)
     assert header.write_errors == len(PATHS)
@@ -280,7 +287,7 @@ def test_internal_error_at_entry_leaves_the_response_alone(
 ) -> None:
     watched = WSGIWatch(raw_app, spool_dir=watch_dir, **SMALL)
     assert_unchanged(watched, ["/kinds/list1"])
-    with swapped(_path_bytes={}, _route_for_path=_boom):  # the route is made at entry
+    with swapped(request_keys, path_bytes={}, route_for_path=_boom):  # the route is made at entry
         assert_unchanged(watched, PATHS[:3])
     header = header_of(watch_dir)
     assert header.write_errors == 3
@@ -302,7 +309,7 @@ def test_internal_error_at_entry_does_not_leak_scoreboard_slots(
     )
     assert_unchanged(watched, ["/kinds/list1"])
     with monkeypatch.context() as patch:
-        patch.setattr(middleware, "_SLOT_pack", _boom)
+        patch.setattr(python_path, "_SLOT_pack", _boom)
         assert_unchanged(watched, ["/kinds/list1"] * 2)
     assert_unchanged(watched, ["/kinds/list1"] * 2)
     (spool,) = read_spools(watch_dir)
@@ -366,7 +373,7 @@ def test_slot_taken_by_another_thread_between_check_and_pop(watch_dir: str) -> N
     between ``if free`` and ``free.pop()``). This request must still be recorded."""
     watched = WSGIWatch(raw_app, spool_dir=watch_dir, slots=4, ring_size=16, accept_events=4)
     assert_unchanged(watched, ["/kinds/list1"])  # slot 0 is now on the free list
-    writer = middleware._ready[watch_dir]
+    writer = settings.ready[watch_dir]
     assert writer is not None
     stolen: list[int] = []
 

@@ -19,11 +19,10 @@ from support.servers import Server, gunicorn
 
 from wsgiwatch.spool import layout as fmt
 from wsgiwatch.spool.reader import Record, SpoolReader, list_spools
-from wsgiwatch.worker.process_spool import STALE_SPOOL_AGE_S, remove_stale_spools
 
 
 def start_ticks(pid: int) -> int:
-    """Field 22 of /proc/PID/stat, read here independently of wsgiwatch.kernel.procstat."""
+    """Field 22 of /proc/PID/stat, read here independently of wsgiwatch.kernel.procfs."""
     with open(f"/proc/{pid}/stat") as f:
         stat = f.read()
     return int(stat[stat.rindex(")") + 2 :].split()[19])
@@ -122,90 +121,34 @@ def kill_worker(pid: int) -> None:
         time.sleep(0.02)
 
 
-def test_spool_of_a_dead_worker_is_left_for_a_reader(spool_dir: str) -> None:
-    with gunicorn("apps.probe:application", spool_dir, workers=2) as server:
-        a, b = both_workers(server, "before")
-        dead, alive = a.pid, b.pid
-        for n in range(5):  # more records for the worker that is going to die
-            reply = fetch(server.port, f"/r/more{n}")
-            if reply.pid == dead:
-                break
-        dead_spool = f"{spool_dir}/{dead}-{start_ticks(dead)}{fmt.SUFFIX}"
-        kill_worker(dead)
-        with ThreadPoolExecutor(1) as pool:
-            # Keep the live worker busy, so that only the replacement can answer.
-            busy = pool.submit(fetch, server.port, "/r/busy?sleep=1.5")
-            time.sleep(0.2)
-            fresh = new_worker_reply(server, {dead, alive}, "after")
-            busy.result()
-        # The replacement opened its spool, which is when stale spools are cleaned up:
-        # the dead worker's file is young, so it must still be there, whole.
-        assert os.path.exists(dead_spool)
-        with SpoolReader(dead_spool, track=False) as reader:
-            assert reader.pid == dead
-            routes = [r.route for r in reader.read_records().records]
-        assert "/r/before-a" in routes or "/r/before-b" in routes
-        assert len(list_spools(spool_dir)) == 3
-        # Past the age, only the dead worker's file goes; living workers keep theirs,
-        # however old their files are.
-        assert remove_stale_spools(spool_dir) == 0
-        later = time.time() + STALE_SPOOL_AGE_S + 1
-        assert remove_stale_spools(spool_dir, now=later) == 1
-        assert not os.path.exists(dead_spool)
-        left = sorted(int(os.path.basename(p).split("-")[0]) for p in list_spools(spool_dir))
-        assert left == sorted([alive, fresh.pid])
-
-
-def test_remove_stale_spools_removes_only_dead_processes_past_the_age(spool_dir: str) -> None:
+def test_a_new_worker_touches_no_spool_but_its_own(spool_dir: str) -> None:
+    """A worker opens its own spool and nothing else in the directory: a FIFO named like a
+    spool (opening it for reading would block the worker for good), a dead worker's old
+    spool and junk files are left exactly as they were. Cleaning up is the sidecar's job."""
     child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait(10)  # reaped: its pid is a dead process now
-    me = os.getpid()
-    names = {
-        "alive": f"{me}-{start_ticks(me)}.spool",  # this process
-        "recycled": f"{me}-{start_ticks(me) - 1}.spool",  # same pid, another start: dead
-        "dead": f"{child.pid}-12345.spool",
-        "not_a_spool": f"{child.pid}-12345.txt",
-        "bad_name": "worker-x.spool",
-    }
-    for name in names.values():
-        with open(os.path.join(spool_dir, name), "wb"):
-            pass
-    now = time.time()
-    assert remove_stale_spools(spool_dir, now=now) == 0  # dead, but not old enough
-    assert remove_stale_spools(spool_dir, now=now + STALE_SPOOL_AGE_S - 5) == 0
-    assert remove_stale_spools(spool_dir, now=now + STALE_SPOOL_AGE_S + 5) == 2
-    left = set(os.listdir(spool_dir))
-    assert left == {names["alive"], names["not_a_spool"], names["bad_name"]}
-    assert remove_stale_spools(os.path.join(spool_dir, "missing")) == 0
-
-
-def test_spool_of_a_long_lived_worker_is_not_removed_the_moment_it_dies(spool_dir: str) -> None:
-    """A worker that ran for an hour and died a moment ago: its last records are unread.
-
-    The spool's mtime is no clock of activity: on tmpfs (/dev/shm, the default spool dir),
-    writes through a shared mapping to pages already touched do not update it, so it stays
-    at about the time the file was created. Backdating it stands for a worker created an
-    hour ago; the requests after that are what such a worker would write meanwhile.
-    """
-    with gunicorn("apps.probe:small_ring", spool_dir, workers=1) as server:
-        first = fetch(server.port, "/r/warm")
-        (path,) = list_spools(spool_dir)
-        for n in range(40):  # wraps the 16-record ring: every page it uses is touched
-            fetch(server.port, f"/r/old{n}")
-        hour_ago = time.time() - 3600
+    child.wait(10)  # reaped: a pid that is no process now
+    fifo = os.path.join(spool_dir, f"{child.pid + 1_000_000}-1{fmt.SUFFIX}")
+    os.mkfifo(fifo, 0o600)
+    dead = os.path.join(spool_dir, f"{child.pid}-12345{fmt.SUFFIX}")
+    junk = os.path.join(spool_dir, "notes.txt")
+    for path, data in ((dead, b"not a spool" * 100), (junk, b"x")):
+        with open(path, "wb") as f:
+            f.write(data)
+        hour_ago = time.time() - 3600  # old enough for any age-based clean-up
         os.utime(path, (hour_ago, hour_ago))
-        for n in range(10):  # the worker's last records, just before it dies
-            fetch(server.port, f"/r/last{n}")
-        # gunicorn calls close(), which writes the record, after the client has its reply.
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            with SpoolReader(path, track=False) as reader:
-                if reader.header().ring_head >= 51:
-                    break
-            time.sleep(0.01)
-        kill_worker(first.pid)
-        new_worker_reply(server, {first.pid}, "after")
-        assert os.path.exists(path), "the dead worker's spool was removed as soon as it died"
-        with SpoolReader(path, track=False) as reader:
-            last = [r.route for r in reader.read_records().records]
-        assert last[-10:] == [f"/r/last{n}" for n in range(10)]
+    before = {path: os.stat(path) for path in (fifo, dead, junk)}
+    with gunicorn("apps.probe:application", spool_dir, workers=1) as server:
+        reply = fetch(server.port, "/r/first", timeout=10)
+        assert reply.status == 200
+        own = os.path.join(spool_dir, f"{reply.pid}-{start_ticks(reply.pid)}{fmt.SUFFIX}")
+        assert sorted(os.listdir(spool_dir)) == sorted(
+            os.path.basename(p) for p in (fifo, dead, junk, own)
+        )
+    for path, st in before.items():
+        now = os.stat(path)
+        assert (now.st_mode, now.st_size, now.st_mtime_ns, now.st_ino) == (
+            st.st_mode,
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ino,
+        ), path

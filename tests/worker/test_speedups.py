@@ -12,7 +12,6 @@ import dataclasses
 import gc
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from support.middleware_support import SMALL, StartResponse, all_records, enviro
 from wsgiwatch import WSGIWatch
 from wsgiwatch.spool import layout as fmt
 from wsgiwatch.spool.reader import Record
-from wsgiwatch.worker import accelerator, middleware
+from wsgiwatch.worker import accelerator, layout_header, middleware, request_keys
 from wsgiwatch.worker.routes import peer_bytes
 
 speedups = accelerator.speedups
@@ -68,7 +67,7 @@ if {main_first}:
 sub = interpreters.create()
 interpreters.run_string(sub, '''
 from wsgiwatch import WSGIWatch
-from wsgiwatch.worker import accelerator, middleware
+from wsgiwatch.worker import accelerator, layout_header, middleware, request_keys
 assert accelerator.speedups is None, accelerator.speedups
 assert WSGIWatch is middleware.PythonWSGIWatch
 ''')
@@ -93,33 +92,40 @@ def test_sub_interpreters_record_in_python(main_first: bool) -> None:
     assert out.stdout.strip() == "ok"
 
 
-def test_layout_is_spool_formats() -> None:
+def test_the_c_layout_header_is_generated_from_layout_py() -> None:
+    """_layout.h is layout.py's, as generated; regenerate it with
+    ``python -m wsgiwatch.worker.layout_header`` after a change of layout."""
+    assert layout_header.HEADER_PATH.read_text() == layout_header.render()
+
+
+def test_the_built_module_has_every_offset_of_layout_py() -> None:
+    """What the compiled C code uses, name by name, against layout.py: every field's offset
+    and size, the flags, the method codes, the in-memory bits."""
     assert speedups is not None
-    expected = {
-        "HEADER_SIZE": fmt.HEADER_SIZE,
-        "OFF_RING_HEAD": fmt.OFF_RING_HEAD,
-        "OFF_WRITE_ERRORS": fmt.OFF_WRITE_ERRORS,
-        "SLOT_SIZE": fmt.SLOT_SIZE,
-        "SLOT_PEER_OFFSET": struct.calcsize(fmt.SLOT.format.split("40s")[0]),
-        "SLOT_PEER_LEN": 40,
-        "SLOT_ROUTE_OFFSET": fmt.RECORD_ROUTE_OFFSET,
-        "SLOT_ROUTE_LEN": fmt.ROUTE_FIELD.size,
-        "RECORD_SIZE": fmt.RECORD_SIZE,
-        "RECORD_EXIT_OFFSET": fmt.RECORD_EXIT_OFFSET,
-        "RECORD_EXIT_LEN": fmt.RECORD_EXIT.size,
-        "RECORD_SEQ_OFFSET": fmt.RECORD_SEQ_OFFSET,
-        "NO_SLOT": fmt.NO_SLOT,
-        "FLAG_APP_RAISED": fmt.FLAG_APP_RAISED,
-        "FLAG_ROUTE_TEMPLATE": fmt.FLAG_ROUTE_TEMPLATE,
-        "RECORDED_FLAGS": middleware._RECORDED_FLAGS,
-        "PROXY_PENDING": middleware._PROXY_PENDING,
-        "EXHAUSTED": middleware._EXHAUSTED,
-        "FINISHED": middleware._FINISHED,
-    }
+    expected = layout_header.layout_values()
     assert expected == speedups.LAYOUT
-    # The slot's peer and route fields, where the struct format puts them.
-    fields = fmt.SLOT.unpack(bytes(range(fmt.SLOT_SIZE)))
-    assert fields[-2] == bytes(range(40, 80)) and fields[-1] == bytes(range(80, 144))
+    # Spot checks that the generator reads layout.py as the struct module lays it out.
+    slot = fmt.SLOT.unpack(bytes(range(fmt.SLOT_SIZE)))
+    assert slot[-2] == bytes(range(expected["SLOT_PEER_OFFSET"], expected["SLOT_ROUTE_OFFSET"]))
+    assert expected["RECORD_EXIT_OFFSET"] + expected["EXIT_SLOT_OFFSET"] + 2 == (
+        fmt.RECORD_SEQ_OFFSET
+    )
+    assert len(expected) > 100  # every field of every struct, not a handful
+
+
+_C_SOURCE = layout_header.HEADER_PATH.with_name("_speedups.c")
+
+
+def test_the_c_code_writes_no_offset_of_its_own() -> None:
+    """Offsets into the slot, the exit part and the header come from _layout.h: no
+    ``image + 8`` or ``base + 80`` written by hand."""
+    import re
+
+    source = _C_SOURCE.read_text()
+    assert '#include "_layout.h"' in source
+    assert not re.findall(r"#define\s+(?:OFF_|SLOT_|RECORD_|HEADER_)", source)
+    by_hand = re.findall(r"(?:image|exit_part|entry|base)\s*\+\s*\d+|image\[\d+\]", source)
+    assert by_hand == []
 
 
 # --- the same records from both paths ---------------------------------------------------------
@@ -390,13 +396,13 @@ _PEERISH = st.one_of(
 @given(_PORTISH)
 def test_port_as_the_python_path_stores_it(value: Any) -> None:
     assert speedups is not None
-    assert speedups.port_of(value) == middleware._port_number(value)
+    assert speedups.port_of(value) == request_keys.port_number(value)
 
 
 @given(_STATUSISH)
 def test_status_as_the_python_path_stores_it(value: str) -> None:
     assert speedups is not None
-    assert speedups.status_of(value) == middleware._status_code(value)
+    assert speedups.status_of(value) == request_keys.status_code(value)
 
 
 @given(_METHODISH)
@@ -460,4 +466,4 @@ def test_install_without_a_compiler_still_succeeds(tmp_path: Any) -> None:
         timeout=60,
     )
     assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.strip() == str(installed / "wsgiwatch" / "middleware.py")
+    assert ran.stdout.strip() == str(installed / "wsgiwatch" / "worker" / "middleware.py")

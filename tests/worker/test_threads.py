@@ -305,7 +305,7 @@ def test_writer_lapped_in_mid_write_never_publishes_a_mixed_record(watch_dir: st
     pausing.ring_end = writer.record_base + ring * fmt.RECORD_SIZE
     pausing.paused, pausing.release = threading.Event(), threading.Event()
     original, writer.mm = writer.mm, pausing
-    accelerated, writer.fast = writer.fast, None  # the Python write, with its lock
+    accelerated, writer.commit = writer.commit, writer.commit_locked  # Python's, with its lock
 
     def paused_request() -> None:
         pausing.thread = threading.get_ident()
@@ -337,7 +337,7 @@ def test_writer_lapped_in_mid_write_never_publishes_a_mixed_record(watch_dir: st
             records = reader.read_records().records
     finally:
         writer.mm = original
-        writer.fast = accelerated
+        writer.commit = accelerated
         pausing.close()
     assert records
     for record in records:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from wsgiwatch.cli.diagnosis import Diagnosis
+
 Family = Literal["gunicorn", "waitress", "cheroot", "uwsgi", "mod_wsgi", "werkzeug", "other"]
 
 #: How ``SERVER_SOFTWARE`` starts, lower-cased, for each family (first match wins).
@@ -46,9 +48,25 @@ class Situation:
     slow_routes: tuple[str, ...]  # the routes that blocked most, worst first
     worst_wait_s: float
     keep_alive_victims: int  # blocked requests that came on a kept-alive connection
-    accept_hook: bool
+    accept_hook: bool  # on in some worker at least: the hook's setup is in place
     cooperative: bool  # greenlets (gevent) rather than threads
     backlog_mean_s: float | None  # mean wait in the kernel accept queue, if measured
+
+
+def situation_of(d: Diagnosis) -> Situation:
+    return Situation(
+        family=server_family(d.server),
+        server=d.server,
+        capacity=d.capacity,
+        workers=d.workers_live,
+        blocking=d.verdict == "blocking",
+        slow_routes=tuple(b.route for b in d.blocking_routes),
+        worst_wait_s=d.worst_wait_s,
+        keep_alive_victims=d.keep_alive_victims,
+        accept_hook=d.accept_hook or d.hook_workers > 0,
+        cooperative=d.cooperative,
+        backlog_mean_s=d.backlog_mean_s,
+    )
 
 
 def _routes(s: Situation) -> str:
@@ -178,7 +196,9 @@ def advise(s: Situation) -> list[str]:
             "backlog: that is the right place to wait, but it means every worker was busy. "
             "Add workers (or threads) if that wait matters."
         )
-    if not s.accept_hook and s.family in ("gunicorn", "waitress"):
+    # Never what is in place already: a hook in some workers means the setup is done, and
+    # gevent workers accept in their own loop, where no hook can reach (install_gunicorn).
+    if not s.accept_hook and not s.cooperative and s.family in ("gunicorn", "waitress"):
         out.append(
             "Turn on the accept hook for exact accept times and live stalls: gunicorn "
             "-c python:wsgiwatch.gunicorn_config, or wsgiwatch.worker.accept_hook.serve_waitress."

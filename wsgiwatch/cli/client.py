@@ -15,12 +15,13 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from wsgiwatch.errors import WsgiwatchError
+from wsgiwatch.sidecar.views import LiveState, RecentRequests
 
 DEFAULT_URL = "http://127.0.0.1:9808"
 DEFAULT_TIMEOUT_S = 5.0
@@ -72,17 +73,6 @@ class Metrics:
             if all(labels.get(k) == v for k, v in match.items())
         )
 
-    def by_label(self, name: str, label: str, **match: str) -> dict[str, float]:
-        """``name``'s samples summed per value of ``label``."""
-        out: dict[str, float] = {}
-        for labels, value in self.samples.get(name, ()):
-            if label in labels and all(labels.get(k) == v for k, v in match.items()):
-                out[labels[label]] = out.get(labels[label], 0.0) + value
-        return out
-
-    def has(self, name: str) -> bool:
-        return name in self.samples
-
 
 class SidecarClient:
     """One sidecar's HTTP API at ``url`` (``http://HOST:PORT``)."""
@@ -133,32 +123,8 @@ class SidecarClient:
         except ValueError as exc:
             raise SidecarUnreachable(f"{self.url}/metrics: not Prometheus text ({exc})") from None
 
-    def state(self) -> dict[str, Any]:
-        return self._checked("/api/state", "workers")
+    def state(self) -> LiveState:
+        return cast(LiveState, self._checked("/api/state", "workers"))
 
-    def recent_requests(self, since_s: float) -> dict[str, Any]:
-        return self._checked(f"/api/requests?since={since_s:g}", "requests")
-
-    def incidents(self, limit: int = 100) -> list[dict[str, Any]]:
-        found = self._checked(f"/api/incidents?limit={limit}", "incidents")["incidents"]
-        return list(found)
-
-    def health(self) -> dict[str, Any]:
-        """``/healthz``; answers even when it says 503 (a stale poll is still an answer)."""
-        url = self.url + "/healthz"
-        try:
-            with urllib.request.urlopen(url, timeout=self.timeout_s) as reply:
-                body = reply.read()
-        except urllib.error.HTTPError as exc:
-            if exc.code != 503:
-                raise SidecarUnreachable(f"{url}: HTTP {exc.code}") from None
-            body = exc.read()
-        except (urllib.error.URLError, OSError) as exc:
-            raise SidecarUnreachable(f"{url}: {getattr(exc, 'reason', exc)}") from None
-        try:
-            data = json.loads(body)
-        except ValueError as exc:
-            raise SidecarUnreachable(f"{url}: not JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise SidecarUnreachable(f"{url}: expected a JSON object")
-        return data
+    def recent_requests(self, since_s: float) -> RecentRequests:
+        return cast(RecentRequests, self._checked(f"/api/requests?since={since_s:g}", "requests"))

@@ -26,7 +26,9 @@ from typing import Any, Literal, TextIO
 
 import structlog
 
-from wsgiwatch.cli.diagnose import Snapshot, analyse, render
+from wsgiwatch.cli.advice import advise, situation_of
+from wsgiwatch.cli.diagnosis import Snapshot, analyse
+from wsgiwatch.cli.diagnosis_text import render
 from wsgiwatch.cli.process_group import stop_group
 from wsgiwatch.cli.timeline import render_html
 from wsgiwatch.sidecar.monitor import Monitor
@@ -180,7 +182,7 @@ def report(snapshot: Snapshot, load: LoadResult, server: Server, out: TextIO) ->
     if load.errors:
         print(f"  {load.errors} requests failed", file=out)
     diagnosis = analyse(snapshot)
-    print("\n" + render(diagnosis, "the demo's sidecar"), file=out)
+    print("\n" + render(diagnosis, advise(situation_of(diagnosis)), "the demo's sidecar"), file=out)
     expected_blocking = server != "sync"
     return (
         (diagnosis.blocked > 0) == expected_blocking and load.errors == 0 and diagnosis.requests > 0

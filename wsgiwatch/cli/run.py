@@ -40,7 +40,7 @@ from wsgiwatch.cli.sidecar import (
     load_factory,
     settings_from,
 )
-from wsgiwatch.kernel.procstat import pid_exists
+from wsgiwatch.kernel.procfs import pid_exists
 from wsgiwatch.sidecar.contract import MonitorProtocol
 from wsgiwatch.sidecar.server import SidecarServer
 from wsgiwatch.spool.writer import default_spool_dir, ensure_private_dir

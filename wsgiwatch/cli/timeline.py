@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wsgiwatch.cli.client import SidecarClient, SidecarUnreachable
-from wsgiwatch.cli.diagnose import EXIT_UNREACHABLE, duration_arg, sidecar_url
+from wsgiwatch.cli.common import EXIT_UNREACHABLE, add_sidecar_options, duration_arg, sidecar_url
+from wsgiwatch.cli.common import seconds_text as _ms
+from wsgiwatch.sidecar.views import RecentRequests
 
 LABEL_W = 200  # px, the row labels on the left
 PLOT_W = 1100  # px, the time axis
@@ -94,10 +96,6 @@ def req_id(pid: Any, request: Any) -> str:
 
 def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
 @dataclass
@@ -328,10 +326,10 @@ def _table(blocked: list[dict[str, Any]], offset: int, by_id: dict[str, Any]) ->
     return "\n".join(out)
 
 
-def render_html(recent: dict[str, Any], source: str = "", min_wait_s: float = 0.001) -> str:
+def render_html(recent: RecentRequests, source: str = "", min_wait_s: float = 0.001) -> str:
     """The timeline page for an ``/api/requests`` answer (``monitor.recent_requests()``)."""
     offset = int(recent.get("wall_offset_ns") or 0)
-    requests = [dict(r) for r in recent.get("requests", [])]
+    requests: list[dict[str, Any]] = [dict(r) for r in recent.get("requests", [])]
     by_id = {req_id(r["pid"], r["request"]): r for r in requests}
     for r in requests:
         for b in _shown_blockers(r):
@@ -409,11 +407,7 @@ def register(subparsers: Any) -> None:
         "behind. Exit status: 0 written, 1 the file could not be written, 2 the sidecar "
         "could not be read.",
     )
-    parser.add_argument(
-        "--url",
-        default=None,
-        help="the sidecar's address (default: $WSGIWATCH_URL or http://127.0.0.1:9808)",
-    )
+    add_sidecar_options(parser, timeout_s=5.0)
     parser.add_argument(
         "--since",
         default="60s",
@@ -425,9 +419,6 @@ def register(subparsers: Any) -> None:
         "--output",
         default="timeline.html",
         help="where to write (default timeline.html; - for standard output)",
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=5.0, help="seconds to wait for the sidecar (default 5)"
     )
     parser.set_defaults(handler=command)
 

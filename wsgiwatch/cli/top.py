@@ -22,7 +22,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
 from wsgiwatch.cli.client import Metrics, SidecarClient, SidecarUnreachable
-from wsgiwatch.cli.diagnose import EXIT_UNREACHABLE, sidecar_url
+from wsgiwatch.cli.common import EXIT_UNREACHABLE, add_sidecar_options, sidecar_url
+from wsgiwatch.cli.common import seconds_text as _ms
+from wsgiwatch.sidecar.views import LiveState, StallView, WorkerView
 
 Line = tuple[str, str]  # (text, style): style is "", "bold", "dim", "red", "yellow", "head"
 
@@ -31,16 +33,12 @@ _SGR = {"": "", "bold": "1", "dim": "2", "red": "1;31", "yellow": "33", "head": 
 LONG_RUN_S = 1.0
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
-
-
 def _mb(rss: Any) -> str:
     return f"{rss / 1e6:.0f}M" if rss else "-"
 
 
 def frame(
-    state: dict[str, Any] | None,
+    state: LiveState | None,
     metrics: Metrics | None,
     url: str,
     interval_s: float | None = None,
@@ -58,8 +56,8 @@ def frame(
         lines.append(("retrying...", "dim"))
         return lines
     assert state is not None
-    workers: list[dict[str, Any]] = state.get("workers", [])
-    stalls: list[dict[str, Any]] = state.get("stalls", [])
+    workers: list[WorkerView] = state.get("workers", [])
+    stalls: list[StallView] = state.get("stalls", [])
     busy = sum(int(w.get("busy") or 0) for w in workers)
     capacity = sum(int(w.get("capacity") or 0) for w in workers)
     summary = f"workers {len(workers)}   busy {busy}/{capacity}   stalled {len(stalls)}"
@@ -91,13 +89,13 @@ def frame(
         slots = sorted(w.get("slots") or [], key=lambda s: -float(s.get("running_s") or 0))
         if not slots:
             lines.append(("         idle", "dim"))
-        for s in slots:
-            running = float(s.get("running_s") or 0)
-            what = f"{s.get('method', '')} {s.get('path', '')}"
+        for slot in slots:
+            running = float(slot.get("running_s") or 0)
+            what = f"{slot.get('method', '')} {slot.get('path', '')}"
             lines.append(
                 (
-                    f"         tid {s.get('tid', '?'):<8} {what[:40]:<40} {_ms(running):>9}  "
-                    f"{s.get('peer', '')}",
+                    f"         tid {slot.get('tid', '?'):<8} {what[:40]:<40} {_ms(running):>9}  "
+                    f"{slot.get('peer', '')}",
                     "yellow" if running >= LONG_RUN_S else "",
                 )
             )
@@ -142,7 +140,7 @@ def paint(lines: list[Line], width: int, height: int | None, color: bool) -> lis
     return out
 
 
-def _read(client: SidecarClient) -> tuple[dict[str, Any] | None, Metrics | None, str | None]:
+def _read(client: SidecarClient) -> tuple[LiveState | None, Metrics | None, str | None]:
     try:
         return client.state(), client.metrics(), None
     except SidecarUnreachable as exc:
@@ -213,11 +211,7 @@ def register(subparsers: Any) -> None:
         "Keys: q quits, space or r refreshes now. Exit status: 0, or 2 with --once when "
         "the sidecar could not be read.",
     )
-    parser.add_argument(
-        "--url",
-        default=None,
-        help="the sidecar's address (default: $WSGIWATCH_URL or http://127.0.0.1:9808)",
-    )
+    add_sidecar_options(parser, timeout_s=2.0)
     parser.add_argument(
         "-n",
         "--interval",
@@ -227,9 +221,6 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--once", action="store_true", help="print one frame to standard output and exit"
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=2.0, help="seconds to wait for the sidecar (default 2)"
     )
     parser.set_defaults(handler=command)
 

@@ -5,7 +5,7 @@ name; ``python -m wsgiwatch.grafana`` writes them to ``grafana/dashboards/`` and
 the committed files equal what this module builds. Panel titles are referred to by the alert
 runbooks (``docs/alerts.md``): rename one there too.
 
-Metric names and labels are the sidecar's contract (``wsgiwatch/sidecar/monitor.py``).
+Metric names and labels are the sidecar's contract (``wsgiwatch/sidecar/collector.py``).
 """
 
 from __future__ import annotations

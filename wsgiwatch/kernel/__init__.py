@@ -17,12 +17,11 @@ Typical use, in the sidecar's poll loop::
 from __future__ import annotations
 
 import errno
-import logging
 import socket
 import sys
 import time
 from collections.abc import Collection
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from wsgiwatch.kernel import netlink, procfs
 from wsgiwatch.kernel.errors import (
@@ -48,7 +47,15 @@ __all__ = [
 #: Whether this platform has the kernel interfaces the observer reads (Linux netlink).
 supported: bool = sys.platform.startswith("linux") and hasattr(socket, "AF_NETLINK")
 
-_log = logging.getLogger("wsgiwatch.kernel")
+
+def _log() -> Any:
+    """structlog, imported when first needed: the worker imports :mod:`.procfs` from this
+    package, and the app's process must not need the sidecar's dependencies."""
+    import structlog
+
+    return structlog.get_logger("wsgiwatch.kernel")
+
+
 # More ports than this make a filter program longer than the kernel's attribute limit.
 _MAX_FILTER_PORTS = 2048
 _FAMILIES = ((socket.AF_INET, "IPv4"), (socket.AF_INET6, "IPv6"))
@@ -79,7 +86,7 @@ class KernelObserver:
         notices.append(text)
         if text not in self._logged:  # once per observer and reason, not once per poll
             self._logged.add(text)
-            _log.warning("kernel.unavailable: %s", text, extra={"kernel_notice": text})
+            _log().warning("kernel.unavailable", notice=text)
 
     def check(self) -> None:
         """Raise :class:`KernelUnavailable` if snapshots cannot see sockets here."""
@@ -147,7 +154,9 @@ class KernelObserver:
                 return self._dump_family(sock, None, ports, options)
             except NetlinkError as exc:
                 self._one_walk = False
-                _log.info("kernel.tcpdiag_refused: one dump per family (%s)", exc)
+                _log().info(
+                    "kernel.tcpdiag_refused", fallback="one dump per family", error=str(exc)
+                )
         out: list[TcpSocket] = []
         for family, label in _FAMILIES:
             try:
@@ -185,7 +194,9 @@ class KernelObserver:
                     raise
                 # Kernels before S_EQ/D_EQ (4.x) reject the program: filter here instead.
                 self._kernel_filter = False
-                _log.info("kernel.port_filter_refused: filtering TCP sockets in Python")
+                _log().info(
+                    "kernel.port_filter_refused", fallback="filtering TCP sockets in Python"
+                )
         seq = netlink.next_seq()
         return netlink.dump(
             sock,

@@ -85,10 +85,6 @@ class Histogram:
             fam.add_metric(list(labels), buckets, series[-1])
         return fam
 
-    def count(self, labels: tuple[str, ...]) -> float:
-        series = self._series.get(labels)
-        return sum(series[:-1]) if series else 0.0
-
 
 class Counter:
     __slots__ = ("_values",)
@@ -98,15 +94,6 @@ class Counter:
 
     def inc(self, labels: tuple[str, ...] = (), amount: float = 1.0) -> None:
         self._values[labels] = self._values.get(labels, 0.0) + amount
-
-    def get(self, labels: tuple[str, ...] = ()) -> float:
-        return self._values.get(labels, 0.0)
-
-    def total(self) -> float:
-        return sum(list(self._values.values()))
-
-    def items(self) -> list[tuple[tuple[str, ...], float]]:
-        return list(self._values.items())
 
     def family(
         self, name: str, documentation: str, labelnames: Sequence[str] = ()

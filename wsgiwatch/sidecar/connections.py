@@ -9,8 +9,8 @@ of the server's listeners is then, as DESIGN.md classifies it:
   data sent (waitress, which reads the request before queueing it);
 - otherwise idle (a kept-alive connection between requests) or being served.
 
-A waiting connection's arrival is estimated from ``tcpi_last_data_recv`` (jiffy resolution;
-about +/-5 ms here), against the middle of the dump.
+A waiting connection's arrival is estimated from ``tcpi_last_data_recv`` (jiffy resolution),
+against the middle of the dump (:meth:`wsgiwatch.kernel.KernelSnapshot.arrival_ns`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,12 @@ from wsgiwatch.kernel import KernelSnapshot, TcpSocket, UnixSocket
 
 LISTEN = "LISTEN"
 ESTABLISHED = "ESTABLISHED"
+
+
+def plain_addr(addr: str) -> str:
+    """An IPv4 peer as the worker saw it: the kernel's dual-stack sockets show it as
+    ``::ffff:a.b.c.d``, while the middleware records ``a.b.c.d``."""
+    return addr[7:] if addr.startswith("::ffff:") else addr
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +95,6 @@ def classify(
             owner[inode] = pid
     waiting: list[Waiting] = []
     backlog = 0
-    mid = snapshot.midpoint_ns
     for sock in snapshot.tcp:
         if sock.state != ESTABLISHED or sock.local_port not in ports:
             continue
@@ -99,18 +104,13 @@ def classify(
         holder = owner.get(sock.inode)
         if holder is None:
             continue
-        peer = (
-            sock.peer_addr[7:] if sock.peer_addr.startswith("::ffff:") else sock.peer_addr,
-            sock.peer_port,
-        )
+        peer = (plain_addr(sock.peer_addr), sock.peer_port)
         if peer in serving.get(holder, ()) or not is_waiting(sock, peer in served.get(holder, ())):
             continue
-        recv_ms = sock.last_data_recv_ms or 0
-        waiting.append(
-            Waiting(
-                holder, sock.peer_addr, sock.peer_port, mid - recv_ms * 1_000_000, sock.rqueue > 0
-            )
-        )
+        arrival = snapshot.arrival_ns(sock)
+        if arrival is None:  # no tcp_info: it is waiting now, since when is unknown
+            arrival = snapshot.midpoint_ns
+        waiting.append(Waiting(holder, sock.peer_addr, sock.peer_port, arrival, sock.rqueue > 0))
     return waiting, backlog
 
 

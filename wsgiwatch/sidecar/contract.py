@@ -7,6 +7,8 @@ from typing import Any, Protocol
 
 from prometheus_client.metrics_core import Metric
 
+from wsgiwatch.sidecar.views import Incident, LiveState, RecentRequests
+
 
 class MonitorProtocol(Protocol):
     def poll(self) -> None:
@@ -16,15 +18,15 @@ class MonitorProtocol(Protocol):
     def collect(self) -> Iterable[Metric]:
         """Metric families from the current state (a prometheus_client custom collector)."""
 
-    def incidents(self, limit: int = 100) -> list[dict[str, Any]]:
+    def incidents(self, limit: int = 100) -> list[Incident]:
         """The most recent head-of-line incidents, newest first, as JSON-ready dicts."""
 
-    def recent_requests(self, since_s: float = 60.0) -> dict[str, Any]:
+    def recent_requests(self, since_s: float = 60.0) -> RecentRequests:
         """Finished requests of the last ``since_s`` seconds, oldest first, with their waits
         and verdicts: ``{"now_ns", "wall_offset_ns", "requests": [...]}`` (monotonic ns;
         ``wall_offset_ns`` turns them into wall-clock ns)."""
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> LiveState:
         """The live view: ``{"now_ns", "wall_offset_ns", "workers", "stalls", "listeners",
         "kernel"}`` (what each worker runs now, stalled requests, kernel backlogs)."""
 

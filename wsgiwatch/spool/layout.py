@@ -11,20 +11,53 @@ tests check the document against them.
     records   ring_capacity x RECORD_SIZE   finished requests, a ring
     accepts   accept_capacity x ACCEPT_SIZE accept events from the opt-in accept hook, a ring
 
-Why this is safe without locks: each ring entry carries its sequence number plus one in its
-last 8 bytes (plus one, so that the zeroes of a new file never look like entry 0). A writer
-first overwrites that field with ``INVALID_SEQ``, then writes the body, then writes the
-stamp (three separate stores, in that order; x86 and the kernel keep stores to shared memory
-in program order). A reader reads the stamp, the body, then the stamp again: the entry is
-whole only when both reads give the stamp it expected.
-Scoreboard slots are small and rewritten in one store; readers read a slot twice and keep it
-only when both copies are equal.
+No locks between processes: each ring entry carries its sequence number + 1 in its last 8
+bytes, written last, and a reader checks it before and after reading the body. The whole
+protocol is described once, in docs/spool-format.md ("Writing and reading without locks");
+``SpoolWriter._publish`` and ``spool_commit()`` in ``wsgiwatch/worker/_speedups.c``
+implement it, and tests/worker/test_speedups.py holds the two to the same bytes.
+
+The field names below (``*_FIELDS``) give every field's offset and size
+(:func:`field_layout`); ``wsgiwatch/worker/_layout.h`` is generated from them for the C
+writer (``python -m wsgiwatch.worker.layout_header``) and a test checks it is current.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import Final
+
+
+def field_layout(
+    layout: struct.Struct, names: Sequence[str], base: int = 0
+) -> dict[str, tuple[int, int]]:
+    """name -> (offset, size) of each field of a little-endian struct format; pad bytes
+    (``x``) have no name. ``base`` is added to every offset."""
+    fields: list[tuple[int, int]] = []
+    pos = base
+    code_text = layout.format.lstrip("<")
+    count = ""
+    for char in code_text:
+        if char.isdigit():
+            count += char
+            continue
+        n = int(count) if count else 1
+        count = ""
+        size = struct.calcsize("<" + char)
+        if char == "x":
+            pos += n
+        elif char == "s":
+            fields.append((pos, n))
+            pos += n
+        else:
+            for _ in range(n):
+                fields.append((pos, size))
+                pos += size
+    if len(fields) != len(names):
+        raise ValueError(f"{layout.format} has {len(fields)} fields, named {len(names)}")
+    return dict(zip(names, fields, strict=True))
+
 
 MAGIC: Final = b"WSGIWTCH"
 VERSION: Final = 1
@@ -37,11 +70,26 @@ INVALID_SEQ: Final = 0xFFFF_FFFF_FFFF_FFFF
 HEADER_SIZE: Final = 256
 #: Identity and geometry, written once when the file is created (magic last).
 HEADER_IDENTITY: Final = struct.Struct("<8sHHIQQQIIIIIIII")
-#  0 magic 8s | 8 version H | 10 header_size H | 12 pid I | 16 start_ticks Q
-# 24 created_wall_ns Q | 32 created_mono_ns Q | 40 slot_count I | 44 slot_size I
-# 48 ring_capacity I | 52 record_size I | 56 accept_capacity I | 60 accept_size I
-# 64 declared_capacity I | 68 ppid I
-OFF_DECLARED_CAPACITY: Final = 64
+HEADER_IDENTITY_FIELDS: Final = (
+    "magic",
+    "version",
+    "header_size",
+    "pid",
+    "start_ticks",
+    "created_wall_ns",
+    "created_mono_ns",
+    "slot_count",
+    "slot_size",
+    "ring_capacity",
+    "record_size",
+    "accept_capacity",
+    "accept_size",
+    "declared_capacity",
+    "ppid",
+)
+OFF_DECLARED_CAPACITY: Final = field_layout(HEADER_IDENTITY, HEADER_IDENTITY_FIELDS)[
+    "declared_capacity"
+][0]
 OFF_FLAGS: Final = 72  # I: HEADER_FLAG_* bits
 OFF_SLOT_HIGH_WATER: Final = 76  # I: slots ever used = most requests in flight at once
 OFF_RING_HEAD: Final = 80  # Q: a hint: 1 + the highest record sequence published
@@ -64,10 +112,20 @@ HEADER_FLAG_ACCELERATED: Final = 16  # the C accelerator writes this spool's rec
 # --- scoreboard slot ----------------------------------------------------------------------
 SLOT_SIZE: Final = 144
 SLOT: Final = struct.Struct("<QQQQIHBB40s64s")
-#   0 request Q (0 = idle, else the process's request number) | 8 entry_ns Q
-#  16 accept_ns Q | 24 arrival_ns Q | 32 native_tid I | 36 peer_port H | 38 method B
-#  39 accept_source B | 40 peer 40s | 80 route 64s (the folded path; a framework's template
-#  replaces it in the record at exit)
+#: request: 0 = idle, else the process's request number; route: the folded path (a
+#: framework's template replaces it in the record at exit).
+SLOT_FIELDS: Final = (
+    "request",
+    "entry_ns",
+    "accept_ns",
+    "arrival_ns",
+    "native_tid",
+    "peer_port",
+    "method",
+    "accept_source",
+    "peer",
+    "route",
+)
 SLOT_REQUEST: Final = struct.Struct("<Q")  # the first field alone, to mark a slot idle
 
 # --- finished-request record --------------------------------------------------------------
@@ -76,22 +134,38 @@ SLOT_REQUEST: Final = struct.Struct("<Q")  # the first field alone, to mark a sl
 RECORD_SIZE: Final = 192
 RECORD_EXIT_OFFSET: Final = SLOT_SIZE
 RECORD_EXIT: Final = struct.Struct("<QQQQHHHH")
-# 144 headers_ns Q (start_response called; 0 never) | 152 exit_ns Q | 160 proxy_wall_ns Q
-# (a front proxy's X-Request-Start, wall clock ns; 0 none) | 168 bytes_sent Q
-# 176 status H | 178 flags H | 180 server_port H | 182 slot H (0xFFFF: ran without a slot)
-# 184 seq + 1 Q (written last; 0 = never written)
-RECORD_ROUTE_OFFSET: Final = 80
+#: headers_ns: start_response called (0: never); proxy_wall_ns: a front proxy's
+#: X-Request-Start, wall clock ns (0: none); slot: 0xFFFF when it ran without one. Then at
+#: RECORD_SEQ_OFFSET the stamp, seq + 1 (written last; 0 = never written).
+RECORD_EXIT_FIELDS: Final = (
+    "headers_ns",
+    "exit_ns",
+    "proxy_wall_ns",
+    "bytes_sent",
+    "status",
+    "flags",
+    "server_port",
+    "slot",
+)
+RECORD_ROUTE_OFFSET: Final = field_layout(SLOT, SLOT_FIELDS)["route"][0]
 ROUTE_FIELD: Final = struct.Struct("<64s")
-RECORD_SEQ_OFFSET: Final = 184
+RECORD_SEQ_OFFSET: Final = RECORD_EXIT_OFFSET + RECORD_EXIT.size
 
 NO_SLOT: Final = 0xFFFF
 
 # --- accept event -------------------------------------------------------------------------
 ACCEPT_SIZE: Final = 80
 ACCEPT_BODY: Final = struct.Struct("<QQHHI40s8x")
-#  0 accept_ns Q | 8 arrival_ns Q (0 = unknown) | 16 peer_port H | 18 server_port H
-# 20 listener_fd I | 24 peer 40s | 64 pad | 72 seq + 1 Q (written last; 0 = never written)
-ACCEPT_SEQ_OFFSET: Final = 72
+#: arrival_ns: 0 = unknown. Then 8 bytes of pad, and at ACCEPT_SEQ_OFFSET the stamp.
+ACCEPT_FIELDS: Final = (
+    "accept_ns",
+    "arrival_ns",
+    "peer_port",
+    "server_port",
+    "listener_fd",
+    "peer",
+)
+ACCEPT_SEQ_OFFSET: Final = ACCEPT_BODY.size
 
 # --- enumerations -------------------------------------------------------------------------
 METHODS: Final = (
@@ -124,13 +198,10 @@ FLAG_ARRIVAL_TCP_INFO: Final = 32  # arrival_ns read from TCP_INFO when accepted
 FLAG_NO_CLOSE_SEEN: Final = 64  # exit is when the app returned: close() could not be watched
 FLAG_ARRIVAL_SERVER: Final = 128  # arrival_ns is when the server had the request complete
 
-for _struct, _size in (
-    (SLOT, SLOT_SIZE),
-    (ACCEPT_BODY, ACCEPT_SEQ_OFFSET),
-    (RECORD_EXIT, RECORD_SEQ_OFFSET - RECORD_EXIT_OFFSET),
-):
-    assert _struct.size == _size, (_struct.format, _struct.size, _size)
-assert HEADER_IDENTITY.size == 72
+assert SLOT.size == SLOT_SIZE, (SLOT.size, SLOT_SIZE)
+assert RECORD_SEQ_OFFSET + 8 == RECORD_SIZE, RECORD_SEQ_OFFSET
+assert ACCEPT_SEQ_OFFSET + 8 == ACCEPT_SIZE, ACCEPT_SEQ_OFFSET
+assert HEADER_IDENTITY.size == OFF_FLAGS, HEADER_IDENTITY.size
 
 
 def spool_size(slot_count: int, ring_capacity: int, accept_capacity: int) -> int:

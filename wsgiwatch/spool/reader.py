@@ -26,11 +26,19 @@ __all__ = [
     "SpoolHeader",
     "SpoolReader",
     "list_spools",
+    "queue_wait_ns",
 ]
 
 #: An entry claimed but still unwritten this long after a later one was published belongs
 #: to a writer that died mid-write (or was stopped): give up on it and count it torn.
 STUCK_ENTRY_TIMEOUT_NS = 2_000_000_000
+
+
+def queue_wait_ns(entry_ns: int, ready_ns: int) -> int:
+    """Queue wait as DESIGN.md defines it: entry - max(accept, arrival), where ``ready_ns``
+    is that max, from whichever source knows it. Never negative: clocks of different
+    sources may disagree by a jiffy."""
+    return max(0, entry_ns - ready_ns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +123,7 @@ class Record:
     def queue_wait_ns(self) -> int | None:
         """entry - max(accept, arrival), when either is known from the worker itself."""
         ready = self.ready_ns
-        return max(0, self.entry_ns - ready) if ready else None
+        return queue_wait_ns(self.entry_ns, ready) if ready else None
 
     @property
     def reused_connection(self) -> bool:

@@ -17,10 +17,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from wsgiwatch.kernel.procstat import process_start_ticks
+from wsgiwatch.kernel.procfs import process_start_ticks
 from wsgiwatch.spool import layout as fmt
 from wsgiwatch.worker.accelerator import speedups
 
@@ -31,6 +31,7 @@ DEFAULT_RING = 4096
 DEFAULT_ACCEPTS = 1024
 
 _INVALID_STAMP = fmt.U64.pack(fmt.INVALID_SEQ)
+_U64_pack = fmt.U64.pack_into
 
 
 def default_spool_dir() -> str:
@@ -66,7 +67,9 @@ class SpoolWriter:
 
     Threads of the process share it. Ring positions come from a counter whose ``next()`` is
     atomic under the GIL (``itertools.count``, or the accelerator's ``Counter``, which its C
-    code also reads directly), so two threads never write the same entry.
+    code also reads directly), so two threads never write the same entry. Entries are
+    published as ``wsgiwatch.spool.layout`` describes: :meth:`commit` for records (in C when
+    the accelerator is loaded, else :meth:`commit_locked`), :meth:`write_accept` for accepts.
     """
 
     __slots__ = (
@@ -75,6 +78,7 @@ class SpoolWriter:
         "_next_slot",
         "accept_base",
         "accept_capacity",
+        "commit",
         "fast",
         "free_slots",
         "lock",
@@ -85,7 +89,6 @@ class SpoolWriter:
         "record_seq",
         "request_numbers",
         "ring_capacity",
-        "server_noted",
         "slot_count",
     )
 
@@ -113,7 +116,6 @@ class SpoolWriter:
         self.free_slots: list[int] = []
         self._next_slot = itertools.count()
         self._high_water = 0
-        self.server_noted = False
         # Ring positions, and numbers for requests in flight on the scoreboard (0 there
         # means idle). With the C accelerator, its Spool writes the ring and these counters
         # are ones it reads without a call; Python's next() works on both kinds.
@@ -136,6 +138,11 @@ class SpoolWriter:
                 requests,
                 records,
             )
+        # Decided once, here: the C Spool's commit (which needs no lock: it holds the GIL
+        # from claim to publish) or the Python one.
+        self.commit: Callable[[bytes], object] = (
+            self.commit_locked if self.fast is None else self.fast.commit
+        )
 
     # -- scoreboard ------------------------------------------------------------------------
     def acquire_slot(self) -> int:
@@ -154,13 +161,57 @@ class SpoolWriter:
         return fmt.NO_SLOT
 
     def release_slot(self, index: int) -> None:
-        fmt.SLOT_REQUEST.pack_into(self.mm, fmt.HEADER_SIZE + index * fmt.SLOT_SIZE, 0)
+        """Mark the slot idle (its first field 0) and put it back on the free list."""
+        fmt.SLOT_REQUEST.pack_into(self.mm, self.slot_offset(index), 0)
         self.free_slots.append(index)
 
     def slot_offset(self, index: int) -> int:
         return fmt.HEADER_SIZE + index * fmt.SLOT_SIZE
 
     # -- rings -----------------------------------------------------------------------------
+    def _publish(
+        self,
+        seq_counter: Iterator[int],
+        base: int,
+        capacity: int,
+        entry_size: int,
+        body: bytes,
+        head_offset: int,
+    ) -> None:
+        """Publish ``body`` into the next entry of a ring, in the order layout.py's docstring
+        gives (stamp invalid, body, stamp, head). One writer at a time from claim to
+        publish: a thread paused between these stores could otherwise be lapped by the
+        others and publish an entry mixing two. (acquire/try/finally rather than ``with``:
+        cheaper on this path.)"""
+        mm = self.mm
+        stamp_at = entry_size - 8
+        lock = self.lock
+        lock.acquire()
+        try:
+            seq = next(seq_counter)
+            off = base + (seq % capacity) * entry_size
+            mm[off + stamp_at : off + entry_size] = _INVALID_STAMP
+            mm[off : off + len(body)] = body
+            seq += 1  # entries carry sequence + 1, so zeroed memory never looks written
+            _U64_pack(mm, off + stamp_at, seq)
+            _U64_pack(mm, head_offset, seq)
+        finally:
+            lock.release()
+
+    def commit_locked(self, body: bytes) -> None:
+        """Publish a finished-request record (slot image + exit part, ``RECORD_SEQ_OFFSET``
+        bytes) from Python, under the writer's lock."""
+        if len(body) != fmt.RECORD_SEQ_OFFSET:
+            raise ValueError(f"a record body is {fmt.RECORD_SEQ_OFFSET} bytes, not {len(body)}")
+        self._publish(
+            self.record_seq,
+            self.record_base,
+            self.ring_capacity,
+            fmt.RECORD_SIZE,
+            body,
+            fmt.OFF_RING_HEAD,
+        )
+
     def write_accept(
         self,
         accept_ns: int,
@@ -170,16 +221,17 @@ class SpoolWriter:
         listener_fd: int,
         peer: bytes,
     ) -> None:
-        mm = self.mm
-        with self.lock:  # from claim to publish, as for ring records
-            seq = next(self._accept_seq)
-            off = self.accept_base + (seq % self.accept_capacity) * fmt.ACCEPT_SIZE
-            mm[off + fmt.ACCEPT_SEQ_OFFSET : off + fmt.ACCEPT_SIZE] = _INVALID_STAMP
-            fmt.ACCEPT_BODY.pack_into(
-                mm, off, accept_ns, arrival_ns, peer_port, server_port, listener_fd, peer
-            )
-            fmt.U64.pack_into(mm, off + fmt.ACCEPT_SEQ_OFFSET, seq + 1)  # + 1: zero = unwritten
-            fmt.U64.pack_into(mm, fmt.OFF_ACCEPT_HEAD, seq + 1)
+        body = fmt.ACCEPT_BODY.pack(
+            accept_ns, arrival_ns, peer_port, server_port, listener_fd, peer
+        )
+        self._publish(
+            self._accept_seq,
+            self.accept_base,
+            self.accept_capacity,
+            fmt.ACCEPT_SIZE,
+            body,
+            fmt.OFF_ACCEPT_HEAD,
+        )
 
     # -- header ----------------------------------------------------------------------------
     def bump(self, offset: int) -> None:
@@ -195,7 +247,6 @@ class SpoolWriter:
         fmt.U32.pack_into(self.mm, fmt.OFF_DECLARED_CAPACITY, max(0, min(capacity, 0xFFFF)))
 
     def note_server(self, software: str, multithread: bool, multiprocess: bool) -> None:
-        self.server_noted = True
         fmt.SERVER_FIELD.pack_into(
             self.mm, fmt.OFF_SERVER, software.encode("ascii", "replace")[:32]
         )

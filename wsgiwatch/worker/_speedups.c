@@ -1,21 +1,22 @@
 /* wsgiwatch.worker._speedups: the per-request path of WSGIWatch in C.
  *
- * Optional: wsgiwatch/worker/middleware.py holds the same logic in Python and uses it when this
- * module is missing (no compiler at install time), when WSGIWATCH_PURE_PYTHON=1, and for
- * everything rare (odd environs, accept sources, streams, file wrappers, first request).
+ * Optional: wsgiwatch/worker/python_path.py and response.py hold the same logic in Python,
+ * used when this module is missing (no compiler at install time), when
+ * WSGIWATCH_PURE_PYTHON=1; the Python side also does everything rare here (odd environs,
+ * accept sources, streams, file wrappers, first request), handed over by bridge.py.
  * What is here is the common case only: read five environ keys through the Python-side
  * caches, write the scoreboard slot, call the app with a start_response that is a C object,
- * and at close() copy the slot and the exit fields into the ring. In Python that is about
- * 470 bytecodes per request; here it is a few dict lookups, three clock reads and two
- * memcpy calls.
+ * and at close() copy the slot and the exit fields into the ring: a few dict lookups, three
+ * clock reads and two memcpy calls.
  *
- * The byte layout is wsgiwatch/spool/layout.py's (docs/spool-format.md); LAYOUT below is
- * compared with it by tests/test_speedups.py, so the two cannot drift apart unnoticed.
+ * The byte layout comes from _layout.h, generated from wsgiwatch/spool/layout.py; the
+ * tests check the header is current and that LAYOUT (every name in it) matches.
  *
- * Concurrency: everything here runs with the GIL held and calls no Python code between
- * claiming a ring entry and publishing it, so ring writes from C need no lock. When this
- * module is loaded, every ring write of the process goes through spool_commit() (the
- * Python path calls Spool.commit()), so none can interleave with another.
+ * Concurrency: the ring-write protocol is described in layout.py's docstring. Everything
+ * here runs with the GIL held and calls no Python code between claiming a ring entry and
+ * publishing it, so ring writes from C need no lock. When this module is loaded, every
+ * record of the process goes through spool_commit() (the Python path calls
+ * Spool.commit()), so none can interleave with another.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -36,29 +37,7 @@
 #error "the spool is little-endian and written with native stores"
 #endif
 
-/* --- layout (spool_format.py) -------------------------------------------------------- */
-#define HEADER_SIZE 256
-#define OFF_RING_HEAD 80
-#define OFF_WRITE_ERRORS 104
-#define SLOT_SIZE 144
-#define SLOT_PEER_OFFSET 40
-#define SLOT_PEER_LEN 40
-#define SLOT_ROUTE_OFFSET 80
-#define SLOT_ROUTE_LEN 64
-#define RECORD_SIZE 192
-#define RECORD_EXIT_OFFSET 144
-#define RECORD_EXIT_LEN 40
-#define RECORD_SEQ_OFFSET 184
-#define NO_SLOT 0xFFFF
-#define INVALID_SEQ UINT64_MAX
-
-/* Record flags, and the in-memory bits above the 16 that are stored (middleware.py). */
-#define FLAG_APP_RAISED 1u
-#define FLAG_ROUTE_TEMPLATE 8u
-#define RECORDED_FLAGS 0xFFFFu
-#define PROXY_PENDING (1u << 16)
-#define EXHAUSTED (1u << 17)
-#define FINISHED (1u << 18)
+#include "_layout.h" /* offsets, sizes, flags: generated from wsgiwatch/spool/layout.py */
 
 static inline uint64_t
 monotonic_ns(void)
@@ -124,7 +103,7 @@ put_field(uint8_t *p, size_t field, PyObject *bytes)
     put_text(p, field, PyBytes_AS_STRING(bytes), PyBytes_GET_SIZE(bytes));
 }
 
-/* --- what middleware.py hands over: its caches and its slow paths ---------------------- */
+/* --- what bridge.py hands over: the Python side's caches and slow paths ------------------ */
 static struct {
     PyObject *ready;           /* dict: spool dir -> SpoolWriter or None */
     PyObject *peers;           /* dict: REMOTE_ADDR -> bytes */
@@ -142,7 +121,7 @@ static struct {
     PyObject *proxy_wall_ns;   /* environ -> int */
     PyObject *statuses;        /* dict: status line -> code */
     PyObject *status_code;     /* status line -> code, filling the cache */
-    PyObject *wrap_other;      /* _wrap_other(call, environ, result): streams, files */
+    PyObject *wrap_other;      /* wrap_other(call, environ, result): streams, files */
     PyObject *python_call;     /* the pure-Python __call__(watch, environ, start_response) */
     PyObject *log_error;       /* log_internal_error(exception): logs once */
 } py;
@@ -421,7 +400,7 @@ static PyTypeObject SpoolType = {
  * Call: one request. It is the start_response the app gets (calling it is a vectorcall,
  * no bound-method object), and for list and tuple responses it is also the response: a
  * list holding the app's chunks, so the server iterates and sizes it natively and calls
- * our close(). Streams and file wrappers are handled in Python (_wrap_other).
+ * our close(). Streams and file wrappers are handled in Python (wrap_other).
  */
 typedef struct {
     PyListObject list;
@@ -576,7 +555,7 @@ digits_value(const char *text, Py_ssize_t length)
     return value;
 }
 
-/* REMOTE_PORT or SERVER_PORT as the record stores it: _port_number()'s int(text) & 0xFFFF. */
+/* REMOTE_PORT or SERVER_PORT as the record stores it: port_number()'s int(text) & 0xFFFF. */
 static int
 port_of(PyObject *text, long *out)
 {
@@ -590,7 +569,7 @@ port_of(PyObject *text, long *out)
     return cached_int(py.ports, py.port_number, text, out);
 }
 
-/* The status line's code: _status_code()'s int(status[:3]), 0 unless 0 < code < 1000. */
+/* The status line's code: status_code()'s int(status[:3]), 0 unless 0 < code < 1000. */
 static int
 status_of(PyObject *status, long *out)
 {
@@ -604,15 +583,18 @@ status_of(PyObject *status, long *out)
     return cached_int(py.statuses, py.status_code, status, out);
 }
 
-/* spool_format.METHOD_CODES for the usual methods; others are looked up in it. */
+/* layout.METHOD_CODES for the usual methods; others are looked up in it. */
 static int
 method_of(PyObject *method, long *out)
 {
     static const struct {
         const char *name;
         long code;
-    } known[] = {{"GET", 1}, {"HEAD", 2}, {"POST", 3},    {"PUT", 4},   {"DELETE", 5},
-                 {"PATCH", 6}, {"OPTIONS", 7}, {"CONNECT", 8}, {"TRACE", 9}};
+    } known[] = {{"GET", METHOD_GET},         {"HEAD", METHOD_HEAD},
+                 {"POST", METHOD_POST},       {"PUT", METHOD_PUT},
+                 {"DELETE", METHOD_DELETE},   {"PATCH", METHOD_PATCH},
+                 {"OPTIONS", METHOD_OPTIONS}, {"CONNECT", METHOD_CONNECT},
+                 {"TRACE", METHOD_TRACE}};
     Py_ssize_t length;
     const char *ascii = ascii_text(method, &length);
     if (ascii != NULL) {
@@ -693,14 +675,14 @@ call_finish(CallObject *self)
     }
     if (sp->base != NULL) {
         uint8_t exit_part[RECORD_EXIT_LEN];
-        put_u64(exit_part + 0, self->headers_ns);
-        put_u64(exit_part + 8, exit_ns);
-        put_u64(exit_part + 16, proxy_ns);
-        put_u64(exit_part + 24, self->bytes_sent);
-        put_u16(exit_part + 32, (uint32_t)code);
-        put_u16(exit_part + 34, flags & RECORDED_FLAGS);
-        put_u16(exit_part + 36, (uint32_t)server_port);
-        put_u16(exit_part + 38, slot);
+        put_u64(exit_part + EXIT_HEADERS_NS_OFFSET, self->headers_ns);
+        put_u64(exit_part + EXIT_EXIT_NS_OFFSET, exit_ns);
+        put_u64(exit_part + EXIT_PROXY_WALL_NS_OFFSET, proxy_ns);
+        put_u64(exit_part + EXIT_BYTES_SENT_OFFSET, self->bytes_sent);
+        put_u16(exit_part + EXIT_STATUS_OFFSET, (uint32_t)code);
+        put_u16(exit_part + EXIT_FLAGS_OFFSET, flags & RECORDED_FLAGS);
+        put_u16(exit_part + EXIT_SERVER_PORT_OFFSET, (uint32_t)server_port);
+        put_u16(exit_part + EXIT_SLOT_OFFSET, slot);
         const uint8_t *image = slot != NO_SLOT
                                    ? sp->base + HEADER_SIZE + (Py_ssize_t)slot * SLOT_SIZE
                                    : self->image;
@@ -721,7 +703,8 @@ failed:
 release:
     Py_XDECREF(route);
     if (slot != NO_SLOT && sp->base != NULL) {
-        put_u64(sp->base + HEADER_SIZE + (Py_ssize_t)slot * SLOT_SIZE, 0); /* idle */
+        /* idle: the slot's request number 0 */
+        put_u64(sp->base + HEADER_SIZE + (Py_ssize_t)slot * SLOT_SIZE + SLOT_REQUEST_OFFSET, 0);
         PyObject *index = PyLong_FromUnsignedLong(slot);
         if (index == NULL || PyList_Append(sp->free_slots, index) < 0) {
             PyErr_Clear();
@@ -746,7 +729,7 @@ call_close(CallObject *self, PyObject *unused)
 }
 
 /* The app returned: a list or tuple becomes this object's items; anything else goes to the
- * Python side (_wrap_other). Returns a new reference; on an internal error, the record is written and
+ * Python side (wrap_other). Returns a new reference; on an internal error, the record is written and
  * the app's result handed back as it is. */
 static PyObject *
 call_wrap(CallObject *self, PyObject *result)
@@ -879,7 +862,7 @@ typedef struct {
     PyObject *app;
     PyObject *dir;
     char proxy_headers;
-    PyObject *writer;   /* the writer last found in _ready[dir], and its Spool */
+    PyObject *writer;   /* the writer last found in settings.ready[dir], and its Spool */
     SpoolObject *spool;
 } RecorderObject;
 
@@ -898,7 +881,7 @@ recorder_spool(RecorderObject *self, PyObject *environ)
         if (writer == NULL) {
             return NULL;
         }
-        Py_DECREF(writer); /* _first_request keeps it in _ready */
+        Py_DECREF(writer); /* _first_request keeps it in settings.ready */
     }
     if (writer == self->writer) {
         return self->spool != NULL ? (PyObject *)self->spool : Py_None;
@@ -974,7 +957,7 @@ recorder_call(RecorderObject *self, PyObject *args, PyObject *kwargs)
 
     /* The five keys the slot needs, through the caches. A value of an unexpected type
      * sends the lot to the Python side, which cleans it up (a port that is a number is
-     * fine: _port_number takes it). */
+     * fine: port_number takes it). */
     PyObject *v_peer = PyDict_GetItemWithError(environ, s_REMOTE_ADDR);
     PyObject *v_port = PyDict_GetItemWithError(environ, s_REMOTE_PORT);
     PyObject *v_path = PyDict_GetItemWithError(environ, s_PATH_INFO);
@@ -992,7 +975,7 @@ recorder_call(RecorderObject *self, PyObject *args, PyObject *kwargs)
             goto failed;
         }
         if (!PyTuple_CheckExact(keys) || PyTuple_GET_SIZE(keys) != 5) {
-            PyErr_SetString(PyExc_TypeError, "_odd_request_keys gave no 5-tuple");
+            PyErr_SetString(PyExc_TypeError, "odd_request_keys gave no 5-tuple");
             goto failed;
         }
         peer = Py_NewRef(PyTuple_GET_ITEM(keys, 0));
@@ -1002,7 +985,7 @@ recorder_call(RecorderObject *self, PyObject *args, PyObject *kwargs)
         path_b = Py_NewRef(PyTuple_GET_ITEM(keys, 4));
         if (PyErr_Occurred() || !PyBytes_CheckExact(peer_b) || !PyBytes_CheckExact(path_b)) {
             if (!PyErr_Occurred()) {
-                PyErr_SetString(PyExc_TypeError, "_odd_request_keys gave no bytes");
+                PyErr_SetString(PyExc_TypeError, "odd_request_keys gave no bytes");
             }
             goto failed;
         }
@@ -1066,14 +1049,14 @@ recorder_call(RecorderObject *self, PyObject *args, PyObject *kwargs)
 
     uint8_t image[SLOT_SIZE];
     uint64_t request_number = sp->requests->value++;
-    put_u64(image + 0, request_number);
-    put_u64(image + 8, monotonic_ns());
-    put_u64(image + 16, accept_ns);
-    put_u64(image + 24, arrival_ns);
-    put_u32(image + 32, native_id());
-    put_u16(image + 36, (uint32_t)port);
-    image[38] = (uint8_t)method;
-    image[39] = (uint8_t)source;
+    put_u64(image + SLOT_REQUEST_OFFSET, request_number);
+    put_u64(image + SLOT_ENTRY_NS_OFFSET, monotonic_ns());
+    put_u64(image + SLOT_ACCEPT_NS_OFFSET, accept_ns);
+    put_u64(image + SLOT_ARRIVAL_NS_OFFSET, arrival_ns);
+    put_u32(image + SLOT_NATIVE_TID_OFFSET, native_id());
+    put_u16(image + SLOT_PEER_PORT_OFFSET, (uint32_t)port);
+    image[SLOT_METHOD_OFFSET] = (uint8_t)method;
+    image[SLOT_ACCEPT_SOURCE_OFFSET] = (uint8_t)source;
     if (peer_b != NULL) {
         put_field(image + SLOT_PEER_OFFSET, SLOT_PEER_LEN, peer_b);
     }
@@ -1296,7 +1279,7 @@ static PyMethodDef module_methods[] = {
     {"method_of", method_of_py, METH_O, PyDoc_STR("The method code the C path stores")},
     {"peer_of", peer_of_py, METH_O, PyDoc_STR("The peer bytes the C path stores")},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_VARARGS | METH_KEYWORDS,
-     PyDoc_STR("Hand over middleware.py's caches and slow paths (once, at its import).")},
+     PyDoc_STR("Hand over the Python side's caches and slow paths (bridge.py).")},
     {NULL},
 };
 
@@ -1308,39 +1291,22 @@ static struct PyModuleDef speedups_module = {
     .m_methods = module_methods,
 };
 
+/* LAYOUT: every name of _layout.h with its value as compiled, for the tests. */
 static int
 add_layout(PyObject *module)
 {
+#define LAYOUT_FIELD(name) {#name, (unsigned long long)(name)},
     static const struct {
         const char *name;
-        long value;
-    } fields[] = {
-        {"HEADER_SIZE", HEADER_SIZE},
-        {"OFF_RING_HEAD", OFF_RING_HEAD},
-        {"OFF_WRITE_ERRORS", OFF_WRITE_ERRORS},
-        {"SLOT_SIZE", SLOT_SIZE},
-        {"SLOT_PEER_OFFSET", SLOT_PEER_OFFSET},
-        {"SLOT_PEER_LEN", SLOT_PEER_LEN},
-        {"SLOT_ROUTE_OFFSET", SLOT_ROUTE_OFFSET},
-        {"SLOT_ROUTE_LEN", SLOT_ROUTE_LEN},
-        {"RECORD_SIZE", RECORD_SIZE},
-        {"RECORD_EXIT_OFFSET", RECORD_EXIT_OFFSET},
-        {"RECORD_EXIT_LEN", RECORD_EXIT_LEN},
-        {"RECORD_SEQ_OFFSET", RECORD_SEQ_OFFSET},
-        {"NO_SLOT", NO_SLOT},
-        {"FLAG_APP_RAISED", FLAG_APP_RAISED},
-        {"FLAG_ROUTE_TEMPLATE", FLAG_ROUTE_TEMPLATE},
-        {"RECORDED_FLAGS", RECORDED_FLAGS},
-        {"PROXY_PENDING", PROXY_PENDING},
-        {"EXHAUSTED", EXHAUSTED},
-        {"FINISHED", FINISHED},
-    };
+        unsigned long long value;
+    } fields[] = {LAYOUT_NAMES(LAYOUT_FIELD)};
+#undef LAYOUT_FIELD
     PyObject *layout = PyDict_New();
     if (layout == NULL) {
         return -1;
     }
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
-        PyObject *value = PyLong_FromLong(fields[i].value);
+        PyObject *value = PyLong_FromUnsignedLongLong(fields[i].value);
         if (value == NULL || PyDict_SetItemString(layout, fields[i].name, value) < 0) {
             Py_XDECREF(value);
             Py_DECREF(layout);

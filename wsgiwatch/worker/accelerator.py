@@ -2,7 +2,8 @@
 
 It is built at install time when a C compiler is there (``setup.py``); without it, or with
 ``WSGIWATCH_PURE_PYTHON=1`` in the environment, WSGIWatch runs its pure-Python path, which
-writes the same records at about eight times the cost per request.
+writes the same records at a higher cost per request (benchmarks/middleware_overhead.py
+measures both; docs/benchmarks.md has the figures).
 """
 
 from __future__ import annotations

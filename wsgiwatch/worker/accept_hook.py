@@ -7,8 +7,8 @@ Nothing here runs unless you ask for it, by one explicit call:
   (or call :func:`install_gunicorn` from your own ``post_worker_init``);
 - waitress: ``wsgiwatch.worker.accept_hook.serve_waitress(app, ...)`` instead of ``waitress.serve``.
 
-Per accepted connection it reads the clock and ``TCP_INFO`` (one ``getsockopt``, about a
-microsecond): ``tcpi_last_data_recv`` then says how long the request's bytes had already
+Per accepted connection it reads the clock and ``TCP_INFO`` (one ``getsockopt``):
+``tcpi_last_data_recv`` then says how long the request's bytes had already
 waited in the kernel, which gives the arrival time. It records the accept in the spool's
 accept ring, so the sidecar sees "accepted, not started yet" while it happens, and in
 :data:`ACCEPTED`, where the middleware finds it when the request starts.
@@ -81,7 +81,7 @@ def record_accept(sock: socket.socket, addr: Any, spool_dir: str) -> None:
         if writer is not None:
             writer.write_accept(now, arrival, port, server_port, 0, peer_bytes(peer))
     except Exception:
-        logger.debug("wsgiwatch: accept hook failed to record", exc_info=True)
+        logger.debug("worker.accept_not_recorded: the accept hook failed", exc_info=True)
 
 
 def wrap_accept(accept: AcceptFn, spool_dir: str | None = None) -> AcceptFn:
@@ -149,7 +149,11 @@ def install_gunicorn(worker: Any, spool_dir: str | None = None) -> bool:
     if kind != "ThreadWorker":
         capacity = 1
     if kind not in _GUNICORN_HOOKABLE:
-        logger.info("wsgiwatch: no accept hook for gunicorn worker %s; kernel data only", kind)
+        logger.info(
+            "worker.accept_hook_unavailable: gunicorn worker class %s accepts elsewhere; "
+            "the sidecar's kernel view covers it",
+            kind,
+        )
         mark_spool(spool_dir, None, hooked=False)
         return False
     for listener in worker.sockets:

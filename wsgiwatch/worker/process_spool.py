@@ -3,6 +3,10 @@
 Opened lazily on first use, so a server that builds the app in its master and then forks
 (gunicorn ``--preload``) gives each worker its own file: after a fork the child forgets the
 parent's spool and opens its own on its first request.
+
+A worker touches no file in the spool directory but its own: spools of dead processes are
+the sidecar's to drain and remove. (Opening other files from the app's process is how a
+FIFO planted there could hang it.)
 """
 
 from __future__ import annotations
@@ -10,12 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 
-from wsgiwatch.errors import SpoolFormatError
-from wsgiwatch.kernel.procstat import process_start_ticks
-from wsgiwatch.spool import layout as fmt
-from wsgiwatch.spool.reader import SpoolReader, list_spools
 from wsgiwatch.spool.writer import (
     DEFAULT_ACCEPTS,
     DEFAULT_RING,
@@ -26,10 +25,6 @@ from wsgiwatch.spool.writer import (
 )
 
 logger = logging.getLogger("wsgiwatch")
-
-#: Spools of dead processes are removed by a newly starting worker only after this long,
-#: so a sidecar has had time to drain them.
-STALE_SPOOL_AGE_S = 300.0
 
 # directory -> its writer, or None when it could not be opened (we then stay quiet).
 _writers: dict[str, SpoolWriter | None] = {}
@@ -68,59 +63,14 @@ def writer_for(directory: str) -> SpoolWriter | None:
             )
         except Exception as exc:  # any failure: serve on, unrecorded, and say so once
             logger.warning(
-                "wsgiwatch: recording disabled in pid %d, cannot open a spool in %s: %s",
+                "worker.recording_disabled: pid %d cannot open a spool in %s: %s",
                 os.getpid(),
                 directory,
                 exc,
             )
             writer = None
-        else:
-            remove_stale_spools(directory)
         _writers[directory] = writer
         return writer
-
-
-def remove_stale_spools(directory: str, *, now: float | None = None) -> int:
-    """Delete spool files of processes that are gone and that nobody needs; returns count.
-
-    A process is gone when its pid does not exist or now has another start time. Its file
-    is needed until a sidecar has drained it (the sidecar then removes it itself); a file
-    no reader ever followed is removed once it is older than ``STALE_SPOOL_AGE_S``, so files
-    do not pile up without a sidecar (prometheus_client multiprocess mode's old sore).
-    File times are no guide: writes through a shared mapping need not update them.
-    """
-    now_ns = int((time.time() if now is None else now) * 1e9)
-    removed = 0
-    for path in list_spools(directory):
-        name = os.path.basename(path)
-        try:
-            pid_text, ticks_text = name[: -len(fmt.SUFFIX)].split("-", 1)
-            pid, ticks = int(pid_text), int(ticks_text)
-        except ValueError:
-            continue
-        if ticks and process_start_ticks(pid) == ticks:
-            continue  # alive
-        try:
-            with SpoolReader(path, track=False) as reader:
-                h = reader.header()
-            drained = h.reader_cursor >= h.ring_head and h.reader_cursor > 0
-            stale = drained or (
-                h.reader_cursor == 0 and now_ns - h.created_wall_ns > STALE_SPOOL_AGE_S * 1e9
-            )
-        except SpoolFormatError:
-            # Damaged, or its process died creating it: nobody writes it any more, so
-            # here the file's own time does tell its age.
-            try:
-                stale = now_ns / 1e9 - os.stat(path).st_mtime > STALE_SPOOL_AGE_S
-            except OSError:
-                continue
-        if stale:
-            try:
-                os.unlink(path)
-                removed += 1
-            except OSError:
-                pass  # another process removed it first
-    return removed
 
 
 def _forget_after_fork() -> None:

@@ -1,0 +1,197 @@
+"""Accounting for finished requests: the counters they feed, the view each leaves for the
+API, and the verdict and incident when one was blocked.
+
+The counters are plain sums (:mod:`wsgiwatch.sidecar.accumulate`) that the collector turns
+into metric families at scrape time. Per-worker series are keyed by the worker's stable
+index, which outlives its process, so counters stay monotonic across replacements.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from wsgiwatch.sidecar import accumulate as acc
+from wsgiwatch.sidecar.arrivals import ArrivalJoin
+from wsgiwatch.sidecar.connections import plain_addr
+from wsgiwatch.sidecar.incidents import IncidentLog
+from wsgiwatch.sidecar.verdicts import Verdict, judge
+from wsgiwatch.sidecar.views import RECENT_KEPT, RequestView, peer_text
+from wsgiwatch.sidecar.workers import Worker
+from wsgiwatch.spool.reader import Record, queue_wait_ns
+
+#: Connections remembered per worker, to tell a kept-alive connection from a new one.
+SEEN_CONNECTIONS = 4096
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status < 600 else "unknown"
+
+
+@dataclass
+class Tallies:
+    """Everything finished requests add up to, until the sidecar exits."""
+
+    route_limit: int = 100
+    requests: acc.Counter = field(default_factory=acc.Counter)
+    durations: acc.Histogram = field(default_factory=lambda: acc.Histogram(acc.DURATION_BUCKETS))
+    queue_waits: acc.Histogram = field(default_factory=lambda: acc.Histogram(acc.WAIT_BUCKETS))
+    wait_phases: acc.Histogram = field(default_factory=lambda: acc.Histogram(acc.WAIT_BUCKETS))
+    wait_sources: acc.Counter = field(default_factory=acc.Counter)
+    blocked: acc.Counter = field(default_factory=acc.Counter)
+    blocked_seconds: acc.Counter = field(default_factory=acc.Counter)
+    misrouted: acc.Counter = field(default_factory=acc.Counter)
+    accepted: acc.Counter = field(default_factory=acc.Counter)  # per worker index
+    busy_seconds: acc.Counter = field(default_factory=acc.Counter)  # per worker index
+
+    def __post_init__(self) -> None:
+        self.route = acc.LabelCap(self.route_limit)
+        self.blocker_route = acc.LabelCap(self.route_limit)
+        self._blame_series: set[str] = set()
+
+    def new_route(self, label: str, route: str) -> None:
+        """Export a route's blame counters at 0 before it ever blocks anyone: a series born
+        at 1 is invisible to rate() and increase(), and so is the first incident. ``label``
+        is the route as capped (so this set stays as small as the labels)."""
+        if label not in self._blame_series:
+            self._blame_series.add(label)
+            blocker = (self.blocker_route(route),)
+            self.blocked.inc(blocker, 0.0)
+            self.blocked_seconds.inc(blocker, 0.0)
+
+
+class Accountant:
+    """Takes finished requests, oldest first, and accounts for each once."""
+
+    def __init__(
+        self, tallies: Tallies, arrivals: ArrivalJoin, incidents: IncidentLog, threshold_ns: int
+    ) -> None:
+        self.tallies = tallies
+        self.arrivals = arrivals
+        self.incidents = incidents
+        self.threshold_ns = threshold_ns
+        self.recent: collections.deque[RequestView] = collections.deque(maxlen=RECENT_KEPT)
+        self._seen_conns: dict[int, collections.OrderedDict[tuple[str, int], None]] = {}
+
+    def answered(self, index: int) -> collections.OrderedDict[tuple[str, int], None] | None:
+        """Peers the worker with this index has answered (its kept-alive connections)."""
+        return self._seen_conns.get(index)
+
+    def forget(self, index: int) -> None:
+        self._seen_conns.pop(index, None)
+
+    def finished(
+        self,
+        worker: Worker,
+        record: Record,
+        workers: Sequence[Worker],
+        now_ns: int,
+        wall_offset: int,
+    ) -> None:
+        t = self.tallies
+        route = t.route(record.route)
+        t.new_route(route, record.route)
+        t.requests.inc((route, status_class(record.status)))
+        duration_s = max(0, record.duration_ns) / 1e9
+        t.durations.observe((route,), duration_s)
+        t.busy_seconds.inc((str(worker.index),), duration_s)
+        self._note_connection(worker, record)
+        view: RequestView = {
+            "worker": worker.index,
+            "pid": record.pid,
+            "tid": record.tid,
+            "request": record.request,
+            "method": record.method,
+            "route": record.route,
+            "status": record.status,
+            "peer": peer_text(record.peer, record.peer_port),
+            "accept_ns": record.accept_ns or None,
+            "arrival_ns": record.arrival_ns or None,
+            "ready_ns": None,
+            "entry_ns": record.entry_ns,
+            "exit_ns": record.exit_ns,
+            "wait_s": None,
+            "wait_source": "none",
+            "blocked": False,
+            "misrouted": False,
+            "blockers": [],
+        }
+        self.recent.append(view)
+        ready = self.arrivals.ready(record, wall_offset)
+        if ready is None:
+            t.wait_sources.inc(("none",))
+            return
+        ready_ns, source = ready
+        t.wait_sources.inc((source,))
+        wait_ns = queue_wait_ns(record.entry_ns, ready_ns)
+        view["ready_ns"], view["wait_s"], view["wait_source"] = ready_ns, wait_ns / 1e9, source
+        t.queue_waits.observe((route,), wait_ns / 1e9)
+        self._observe_phases(record, ready_ns, source, wall_offset)
+        verdict = judge(
+            worker,
+            record,
+            ready_ns,
+            source,
+            workers,
+            threshold_ns=self.threshold_ns,
+            now_ns=now_ns,
+        )
+        if verdict is not None:
+            self._blocked(worker, record, source, wait_ns, verdict, view)
+
+    def _blocked(
+        self,
+        worker: Worker,
+        record: Record,
+        source: str,
+        wait_ns: int,
+        verdict: Verdict,
+        view: RequestView,
+    ) -> None:
+        t = self.tallies
+        t.blocked.inc((t.blocker_route(verdict.blames[0].run.route),))
+        for blame in verdict.blames:
+            t.blocked_seconds.inc((t.blocker_route(blame.run.route),), blame.share_s)
+        if verdict.misrouted:
+            t.misrouted.inc()
+        view["blocked"] = True
+        view["misrouted"] = verdict.misrouted
+        view["blockers"] = [
+            {
+                "pid": b.run.pid,
+                "request": b.run.request,
+                "route": b.run.route,
+                "blamed_s": round(b.share_s, 6),
+            }
+            for b in verdict.blames
+        ]
+        self.incidents.add(worker.index, record, source, wait_ns, verdict)
+
+    def _note_connection(self, worker: Worker, record: Record) -> None:
+        """Remember the connections each worker answered. Without the accept hook, a new
+        peer on a worker is also our count of the connections it accepted."""
+        seen = self._seen_conns.setdefault(worker.index, collections.OrderedDict())
+        key = (plain_addr(record.peer), record.peer_port)
+        if key in seen:
+            seen.move_to_end(key)
+            return
+        seen[key] = None
+        if len(seen) > SEEN_CONNECTIONS:
+            seen.popitem(last=False)
+        if not worker.header.accept_hook:
+            self.tallies.accepted.inc((str(worker.index),))
+
+    def _observe_phases(self, record: Record, ready_ns: int, source: str, wall_offset: int) -> None:
+        phases = self.tallies.wait_phases
+        entry = record.entry_ns
+        accept = record.accept_ns if record.accept_source != "none" else 0
+        if source != "header":
+            phases.observe(("process",), queue_wait_ns(entry, ready_ns) / 1e9)
+        if record.arrival_ns and accept and record.arrival_ns < accept:
+            phases.observe(("backlog",), (accept - record.arrival_ns) / 1e9)
+        if record.proxy_wall_ns and source != "header":
+            first_seen = min(x for x in (accept, record.arrival_ns, ready_ns) if x)
+            proxy_ns = first_seen - (record.proxy_wall_ns - wall_offset)
+            if proxy_ns >= 0:
+                phases.observe(("proxy",), proxy_ns / 1e9)

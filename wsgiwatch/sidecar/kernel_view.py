@@ -1,0 +1,85 @@
+"""The kernel's side of one poll: listener backlogs, and connections waiting inside workers.
+
+One view of the kernel's sockets per poll, joined with the sockets each worker holds
+(``/proc/PID/fd``) and with what each worker's scoreboard says it is serving
+(:mod:`wsgiwatch.sidecar.connections` does the classifying). The view comes from a
+:class:`~wsgiwatch.kernel.socket_watch.SocketWatch`, whose cost does not grow with idle
+connections: fd maps cached, connections dumped only while a worker is at capacity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Container, Mapping, Sequence
+
+import structlog
+
+from wsgiwatch.kernel import KernelError, KernelObserver, KernelSnapshot, UnixSocket
+from wsgiwatch.kernel.socket_watch import SocketWatch
+from wsgiwatch.sidecar.arrivals import serving
+from wsgiwatch.sidecar.connections import (
+    Waiting,
+    classify,
+    find_listeners,
+    listener_label,
+    unix_listeners,
+    unix_unread,
+)
+from wsgiwatch.sidecar.workers import Worker
+
+log = structlog.get_logger("wsgiwatch.sidecar")
+
+
+class KernelView:
+    """What the last dump showed. Each attribute is replaced whole, never mutated, since
+    scrapes read them from other threads."""
+
+    def __init__(self, observer: KernelObserver, listener_ports: Collection[int]) -> None:
+        self.observer = observer
+        self.listener_ports = set(listener_ports)
+        self.sockets = SocketWatch(observer, listener_ports=self.listener_ports)
+        self.listen_backlog: dict[str, tuple[int, int]] = {}  # listener -> (queued, limit)
+        self.backlog_connections = 0  # connections in the accept queues, held by no process
+        self.waiting: list[Waiting] = []  # TCP connections waiting inside a worker
+        self.unix_unread: dict[int, list[UnixSocket]] = {}  # pid -> unread unix connections
+        self.unix_first_seen: dict[int, int] = {}  # inode -> when we first saw it unread
+        self.notices: tuple[str, ...] = ()
+        self._error_logged = False
+
+    def poll(
+        self,
+        live: Sequence[Worker],
+        answered: Mapping[int, Container[tuple[str, int]]],
+        now: int,
+    ) -> KernelSnapshot | None:
+        """Dump and classify. ``answered``: per pid, peers it has answered before. None
+        when the dump failed (counted as a notice and logged once)."""
+        ports = self.listener_ports or None
+        # No request can wait inside a worker with a free slot: without one at capacity,
+        # the listeners (and their backlogs) are all there is to see.
+        full = any(w.busy >= w.blocking_capacity for w in live)
+        try:
+            snapshot, inodes = self.sockets.poll([w.pid for w in live], connections=full)
+        except KernelError as exc:  # a reply we cannot parse: report it, keep the spools
+            self.notices = (f"kernel dump failed: {exc}",)
+            if not self._error_logged:
+                self._error_logged = True
+                log.error("kernel.dump_failed", error=str(exc))
+            return None
+        self.notices = snapshot.notices
+        listeners = find_listeners(snapshot, inodes, ports)
+        unix = unix_listeners(snapshot, inodes)
+        backlog = {listener_label(s): (s.rqueue, s.wqueue) for s in listeners}
+        backlog.update({f"unix:{s.path}": (s.rqueue, s.wqueue) for s in unix})
+        self.listen_backlog = backlog
+        self.unix_unread = unix_unread(snapshot, unix, inodes)
+        seen = {s.inode for socks in self.unix_unread.values() for s in socks}
+        self.unix_first_seen = {i: self.unix_first_seen.get(i, now) for i in seen}
+        busy = {w.pid: serving(w.slots) for w in live}
+        self.waiting, self.backlog_connections = classify(
+            snapshot, listeners, inodes, busy, answered
+        )
+        return snapshot
+
+    @property
+    def usable(self) -> bool:
+        return not self.notices
