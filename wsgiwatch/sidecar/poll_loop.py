@@ -20,6 +20,9 @@ log = structlog.get_logger("wsgiwatch.sidecar")
 
 #: /healthz turns 503 when no poll has succeeded for this many poll intervals.
 STALE_AFTER_INTERVALS = 3
+#: How often the loop asks a monitor with ``drain_by`` whether a ring fills faster than the
+#: schedule drains it (the monitor keeps the answer cheap: see Monitor.drain_by).
+DRAIN_CHECK_S = 0.02
 #: How long stop() waits for a poll in progress before leaving its (daemon) thread behind.
 STOP_JOIN_TIMEOUT_S = 10.0
 
@@ -51,6 +54,7 @@ class PollLoop:
         self.polls = 0
         self.failures = 0
         self.overruns = 0  # ticks skipped because a poll took longer than the interval
+        self.early_polls = 0  # polls before the schedule's, so that no ring overflowed
         self.started_at: float | None = None
         self.last_success: float | None = None
         self.last_error: str | None = None
@@ -82,14 +86,35 @@ class PollLoop:
 
     def _run(self) -> None:
         deadline = time.monotonic()
+        drain_by = getattr(self.monitor, "drain_by", None)  # optional: see Monitor.drain_by
+        if not callable(drain_by):
+            drain_by = None
         while not self._stop.is_set():
             self.poll_once()
             now = time.monotonic()
             following = next_deadline(deadline, now, self.interval_s)
             self.overruns += round((following - deadline) / self.interval_s) - 1
             deadline = following
-            if self._stop.wait(deadline - now):
-                break
+            if drain_by is None:
+                if self._stop.wait(deadline - now):
+                    break
+                continue
+            # Until the scheduled poll, ask a few times whether a ring fills faster than
+            # the schedule drains it: if so, poll early (and keep the schedule).
+            while not self._stop.is_set():
+                due = drain_by()
+                now = time.monotonic()  # (after the call: "due now" is due by then)
+                if now >= deadline:
+                    break
+                if due is not None and due <= now:
+                    self.early_polls += 1
+                    self.poll_once()
+                    continue
+                wake = min(deadline, now + DRAIN_CHECK_S)
+                if due is not None:
+                    wake = min(wake, due)
+                if self._stop.wait(wake - now):
+                    return
 
     def seconds_since_success(self, now: float | None = None) -> float | None:
         """Age of the last successful poll (before the first: time since start)."""
@@ -115,6 +140,7 @@ class PollLoop:
             "successful_polls": self.polls,
             "poll_failures": self.failures,
             "poll_overruns": self.overruns,
+            "early_polls": self.early_polls,
             "seconds_since_successful_poll": None if self.last_success is None else age,
             "last_poll_error": self.last_error,
         }
