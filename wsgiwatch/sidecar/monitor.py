@@ -221,7 +221,7 @@ class Monitor:
         offset that turns their monotonic times into wall-clock ones."""
         now = time.monotonic_ns()
         cutoff = now - int(since_s * 1e9)
-        recent = [v.copy() for v in list(self.accountant.recent) if v["exit_ns"] >= cutoff]
+        recent = self.accountant.recent.views(cutoff)
         return {"now_ns": now, "wall_offset_ns": time.time_ns() - now, "requests": recent}
 
     def state(self) -> LiveState:
