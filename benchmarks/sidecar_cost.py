@@ -96,7 +96,8 @@ def profile_summary(profile: Any) -> list[tuple[str, float, float]]:
 def sidecar_process(
     spool_dir: str, interval_s: float, watch_stalls: bool, conn: Connection, profile: bool = False
 ) -> None:
-    """Poll on a fixed grid like the sidecar; answer the parent's commands between polls.
+    """The sidecar's own poll loop (:class:`~wsgiwatch.sidecar.poll_loop.PollLoop`: on a
+    fixed grid, early when a ring fills) in a thread; the parent's commands here.
 
     Commands: ``start`` opens a measurement window, ``stop`` closes it and sends its
     figures, ``log`` sends (poll end, poll seconds, stalled requests) of every poll so far,
@@ -106,6 +107,7 @@ def sidecar_process(
     from prometheus_client import CollectorRegistry, generate_latest
 
     from wsgiwatch.sidecar.monitor import Monitor
+    from wsgiwatch.sidecar.poll_loop import PollLoop
 
     # Incidents are rendered as JSON, as the sidecar does, but not onto our table.
     structlog.configure(
@@ -117,69 +119,86 @@ def sidecar_process(
     registry = CollectorRegistry(auto_describe=False)
     registry.register(monitor)  # type: ignore[arg-type]
     log: list[tuple[float, float, int]] = []  # (poll end, poll seconds, stalled requests)
-    poll_cpu: list[float] = []  # CPU seconds of each poll
-    window: tuple[float, float, int, float] | None = None
+    poll_cpu: list[float] = []  # CPU seconds of each poll (the poll thread's)
+    window: tuple[float, float, int, float, int] | None = None
     blocked0 = dropped0 = 0.0
-    monitor.poll()
     profiler: Any = None
-    conn.send("ready")
-    next_poll = time.monotonic() + interval_s
-    while True:
-        if conn.poll(max(0.0, next_poll - time.monotonic())):
-            cmd = conn.recv()
-            if cmd == "start":
-                if profile:
-                    import cProfile
 
-                    profiler = cProfile.Profile()
-                window = (_cpu_s(), time.monotonic(), len(log), _total(monitor.tallies.requests))
-                blocked0 = _total(monitor.tallies.blocked)
-                dropped0 = monitor.dropped_records()
-            elif cmd == "stop" and window is not None:
-                cpu0, t0, first, requests0 = window
-                cpu, wall = _cpu_s() - cpu0, time.monotonic() - t0
-                polls = [d for _, d, _ in log[first:]]
-                polls_cpu = poll_cpu[first:]
-                scrape = []
-                for _ in range(5):  # one Prometheus scrape, outside the window
-                    s0 = time.perf_counter()
-                    body = generate_latest(registry)
-                    scrape.append(time.perf_counter() - s0)
-                parts: list[tuple[str, float, float]] = []
-                if profiler is not None:
-                    # One scrape per 15 s (Prometheus's default interval) of the window.
-                    for _ in range(max(1, round(wall / 15))):
-                        profiler.runcall(generate_latest, registry)
-                    parts = profile_summary(profiler)
-                    profiler = None
-                conn.send(
-                    {
-                        "cpu_pct": 100 * cpu / wall,
-                        "polls": polls,
-                        "polls_cpu": polls_cpu,
-                        "requests_per_s": (_total(monitor.tallies.requests) - requests0) / wall,
-                        "dropped": monitor.dropped_records() - dropped0,
-                        "incidents": _total(monitor.tallies.blocked) - blocked0,
-                        "scrape_s": statistics.median(scrape),
-                        "scrape_bytes": len(body),
-                        "profile": parts,
-                    }
-                )
-            elif cmd == "log":
-                conn.send(log)
-            elif cmd == "exit":
-                monitor.close()
-                return
-            continue
-        next_poll = max(next_poll + interval_s, time.monotonic())
-        c0, t0 = time.process_time(), time.monotonic()
-        if profiler is not None:
-            profiler.runcall(monitor.poll)
-        else:
-            monitor.poll()
-        t1 = time.monotonic()
-        poll_cpu.append(time.process_time() - c0)
-        log.append((t1, t1 - t0, _stalled(monitor) if watch_stalls else len(monitor.stalls)))
+    class Timed:
+        """The monitor as the poll loop sees it, timing each poll."""
+
+        def poll(self) -> None:
+            c0, t0 = time.thread_time(), time.monotonic()
+            if profiler is not None:
+                profiler.runcall(monitor.poll)
+            else:
+                monitor.poll()
+            t1 = time.monotonic()
+            poll_cpu.append(time.thread_time() - c0)
+            stalled = _stalled(monitor) if watch_stalls else len(monitor.stalls)
+            log.append((t1, t1 - t0, stalled))
+
+        def drain_by(self) -> float | None:
+            return monitor.drain_by()
+
+    monitor.poll()
+    loop = PollLoop(Timed(), interval_s)  # type: ignore[arg-type]
+    loop.start()
+    conn.send("ready")
+    while True:
+        cmd = conn.recv()
+        if cmd == "start":
+            if profile:
+                import cProfile
+
+                profiler = cProfile.Profile()
+            requests0 = _total(monitor.tallies.requests)
+            window = (_cpu_s(), time.monotonic(), len(log), requests0, loop.early_polls)
+            blocked0 = _total(monitor.tallies.blocked)
+            dropped0 = monitor.dropped_records()
+        elif cmd == "stop" and window is not None:
+            cpu0, t0, first, requests0, early0 = window
+            cpu, wall = _cpu_s() - cpu0, time.monotonic() - t0
+            active, profiler = profiler, None
+            polls = [d for _, d, _ in log[first:]]
+            polls_cpu = poll_cpu[first:]
+            scrape = []
+            for _ in range(5):  # one Prometheus scrape, outside the window
+                s0 = time.perf_counter()
+                body = generate_latest(registry)
+                scrape.append(time.perf_counter() - s0)
+            parts: list[tuple[str, float, float]] = []
+            if active is not None:
+                # One scrape per 15 s (Prometheus's default interval) of the window.
+                for _ in range(max(1, round(wall / 15))):
+                    active.runcall(generate_latest, registry)
+                parts = profile_summary(active)
+            conn.send(
+                {
+                    "cpu_pct": 100 * cpu / wall,
+                    "polls": polls,
+                    "polls_cpu": polls_cpu,
+                    "early_polls": loop.early_polls - early0,
+                    "requests_per_s": (_total(monitor.tallies.requests) - requests0) / wall,
+                    "dropped": monitor.dropped_records() - dropped0,
+                    "incidents": _total(monitor.tallies.blocked) - blocked0,
+                    "scrape_s": statistics.median(scrape),
+                    "scrape_bytes": len(body),
+                    "rss_bytes": _rss_bytes(),
+                    "profile": parts,
+                }
+            )
+        elif cmd == "log":
+            conn.send(list(log))
+        elif cmd == "exit":
+            loop.stop()
+            monitor.close()
+            return
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _total(counter: Any) -> float:
@@ -338,7 +357,8 @@ def print_cost_header(window_s: float) -> None:
     print(
         f"{'load':>7} {'req/s seen':>10} {'wrk req/s':>9} {'idle conns':>10} "
         f"{'CPU % of 1 core':>15} {'poll ms median':>14} {'p95':>6} "
-        f"{'poll CPU ms median':>18} {'p95':>6} {'polls':>5} {'scrape ms':>9} {'KiB':>5} "
+        f"{'poll CPU ms median':>18} {'p95':>6} {'polls':>5} {'early':>5} "
+        f"{'scrape ms':>9} {'KiB':>5} "
         f"{'HOL seen':>8} {'dropped':>7}"
     )
 
@@ -358,6 +378,7 @@ def print_cost_row(r: dict[str, Any]) -> None:
         f"{r['target']:>7} {r['requests_per_s']:10.0f} {wrk_rps} {r['idle']:10d} "
         f"{r['cpu_pct']:15.1f} {1000 * median:14.1f} {1000 * p95:6.1f} "
         f"{1000 * cpu_median:18.1f} {1000 * cpu_p95:6.1f} {len(r['polls']):5d} "
+        f"{r['early_polls']:5d} "
         f"{1000 * r['scrape_s']:9.1f} {r['scrape_bytes'] / 1024:5.0f} "
         f"{r['incidents']:8.0f} {r['dropped']:7d}",
         flush=True,
