@@ -20,10 +20,8 @@ log = structlog.get_logger("wsgiwatch.sidecar")
 
 #: /healthz turns 503 when no poll has succeeded for this many poll intervals.
 STALE_AFTER_INTERVALS = 3
-#: How often the loop asks a monitor with ``drain_by`` whether a ring fills faster than the
-#: schedule drains it (the monitor keeps the answer cheap: see Monitor.drain_by): every
-#: DRAIN_CHECK_S while requests flow, DRAIN_CHECKS times per poll interval when quiet.
-DRAIN_CHECK_S = 0.02
+#: How often per poll interval the loop asks a monitor with ``drain_by`` whether a ring fills
+#: faster than the schedule drains it (the monitor keeps the answer cheap).
 DRAIN_CHECKS = 5
 #: How long stop() waits for a poll in progress before leaving its (daemon) thread behind.
 STOP_JOIN_TIMEOUT_S = 10.0
@@ -112,10 +110,9 @@ class PollLoop:
                     self.early_polls += 1
                     self.poll_once()
                     continue
-                # Often while requests flow (a ring can fill between two checks), a few
-                # times per interval when quiet (a burst out of quiet).
-                step = DRAIN_CHECK_S if due is not None else self.interval_s / DRAIN_CHECKS
-                wake = min(deadline, now + step)
+                # At the rate seen, the monitor says when; a few times per interval it
+                # looks at the rings themselves (a burst, or a rate that jumped).
+                wake = min(deadline, now + self.interval_s / DRAIN_CHECKS)
                 if due is not None:
                     wake = min(wake, due)
                 if self._stop.wait(wake - now):
