@@ -349,6 +349,52 @@ def run_cost(window_s: float, profile: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
+def run_soak(minutes: float, window_s: float = 30.0) -> None:
+    """As fast as wrk can for ``minutes``, in windows: the sidecar's RSS, CPU and drops."""
+    extra = ["--keep-alive", "300", "--worker-tmp-dir", "/dev/shm"]
+    print(
+        f"soak: gunicorn gthread -w 2 --threads 4, wrk -c16 unpaced for {minutes:g} min, "
+        f"the sidecar's own poll loop; per {window_s:g} s window"
+    )
+    print(
+        f"{'minute':>6} {'req/s seen':>10} {'CPU %':>6} {'RSS MiB':>8} {'dropped':>7} {'early':>5}"
+    )
+    with (
+        wc.spool_tmpdir("wsgiwatch-soak-") as spool_dir,
+        tempfile.TemporaryDirectory() as tmp,
+        servers.gunicorn(
+            "bench_apps:application",
+            spool_dir,
+            worker_class="gthread",
+            workers=2,
+            threads=4,
+            extra=extra,
+            env={"PYTHONPATH": wc.BENCH_DIR},
+        ) as server,
+    ):
+        url = server.url + "/hello"
+        wc.run_wrk(url, duration_s=1)
+        rows = []
+        with sidecar(spool_dir) as side:
+            for index in range(max(1, round(minutes * 60 / window_s))):
+                row = cost_window(side, url, window_s, None, tmp)
+                rows.append(row)
+                print(
+                    f"{(index + 1) * window_s / 60:6.1f} {row['requests_per_s']:10.0f} "
+                    f"{row['cpu_pct']:6.1f} {row['rss_bytes'] / 2**20:8.1f} {row['dropped']:7d} "
+                    f"{row['early_polls']:5d}",
+                    flush=True,
+                )
+    warm = rows[min(1, len(rows) - 1)]["rss_bytes"]  # after the first window: warmed up
+    growth = 100 * (rows[-1]["rss_bytes"] - warm) / warm
+    peak = max(r["rss_bytes"] for r in rows)
+    print(
+        f"RSS after warm-up {warm / 2**20:.1f} MiB, at the end {rows[-1]['rss_bytes'] / 2**20:.1f} "
+        f"MiB ({growth:+.1f}%), peak {peak / 2**20:.1f} MiB; records dropped in all: "
+        f"{sum(r['dropped'] for r in rows)}; target: growth under 5%"
+    )
+
+
 def print_cost_header(window_s: float) -> None:
     print(
         f"sidecar cost: gunicorn gthread -w 2 --threads 4, Monitor in its own process, "
@@ -458,8 +504,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="profile the sidecar (cProfile): where each row's poll time goes",
     )
+    parser.add_argument(
+        "--soak-minutes",
+        type=float,
+        default=0.0,
+        help="instead of the table: this long at full speed, the sidecar's RSS per window",
+    )
     args = parser.parse_args(argv)
     print(f"{os.cpu_count()} cores, python {sys.version.split()[0]}, {time.strftime('%F %H:%M')}")
+    if args.soak_minutes:
+        run_soak(args.soak_minutes)
+        return 0
     print_cost_header(args.window)
     run_cost(args.window, args.profile)
     latencies = run_stall_latency(args.trials)

@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--polls", type=int, default=20, help="polls timed per case")
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile the polls at capacity (top 15)"
+    )
     args = parser.parse_args(argv)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, args.connections * 2 + 1000), hard))
@@ -147,6 +150,14 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.05)
             full = timed_polls(monitor, min(args.polls, 20))
             print(f"  polls, a worker at capacity:   {ms(full)}  (target < 50 ms)")
+            if args.profile:
+                import cProfile
+                import pstats
+
+                profiler = cProfile.Profile()
+                for _ in range(5):
+                    profiler.runcall(monitor.poll)
+                pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
             scrape = []
             for _ in range(10):
                 t0 = time.perf_counter()

@@ -42,12 +42,13 @@ class Server:
         self.sockets.append(conn)
         return conn
 
-    def idle(self) -> socket.socket:
-        """A kept-alive connection between requests: asked, answered, quiet since."""
+    def idle(self, answer_after_s: float = 0.01) -> socket.socket:
+        """A kept-alive connection between requests: asked, answered, quiet since (answered
+        a jiffy or more after it was asked, or with 0 most likely within the same jiffy)."""
         client = self.connect(b"GET / HTTP/1.1\r\n\r\n")
         conn = self.accept()
         conn.recv(100)
-        time.sleep(0.01)  # answered after it was asked, by a jiffy or more
+        time.sleep(answer_after_s)
         conn.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
         client.recv(100)
         return conn
@@ -71,7 +72,7 @@ def ours(snap: KernelSnapshot, port: int) -> list[tuple[str, int]]:
 
 
 def test_quiet_connections_are_skipped_and_fds_are_read_once(server: Server) -> None:
-    idle = [server.idle() for _ in range(5)]
+    idle = [server.idle() for _ in range(3)] + [server.idle(0) for _ in range(2)]
     watch = SocketWatch(KernelObserver())
     snap, inodes = watch.poll([PID])
     assert ours(snap, server.port) == [("LISTEN", 0)]  # the five idle ones: skipped

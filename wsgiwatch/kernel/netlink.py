@@ -20,6 +20,7 @@ every ``struct`` below uses ``=`` (standard sizes, no alignment)::
                            68 u32 inode; then attributes, 2 INET_DIAG_INFO = struct tcp_info
     tcp_info (prefix read) 0 u8 state  24 u32 unacked  28 u32 sacked  44 u32 last_data_sent
                            52 u32 last_data_recv (56 bytes; every kernel since 2.6 sends more)
+                           156 u32 data_segs_out (Linux 4.6+; read by skip_quiet only)
     unix_diag_req (24)     0 u8 family  1 u8 protocol  2 pad  4 u32 states  8 u32 ino
                            12 u32 show (UDIAG_SHOW_* bits)  16 u32[2] cookie
     unix_diag_msg (16)     0 u8 family  1 u8 type  2 u8 state  3 pad  4 u32 ino  8 u32[2] cookie
@@ -408,7 +409,12 @@ def parse_inet_diag(
             and not rqueue
             and recv is not None
             and sent is not None
-            and recv > sent
+            and (
+                recv > sent
+                # Asked and answered within one jiffy (a fast request): quiet too if it
+                # has sent data (a fresh connection's first request has not).
+                or (recv == sent and info_len >= 160 and _U32.unpack_from(buf, info_at + 156)[0])
+            )
         ):
             continue
         append(

@@ -62,12 +62,14 @@ class SocketWatch:
         self._foreign: set[int] = set()  # inodes on our ports that no worker holds
         self._scanned_at = float("-inf")
         self._unix_held = False
+        self._held_cache: set[int] | None = None
         #: How many times /proc/PID/fd was read (all pids count one each): for tests and
         #: the benchmark, which show the cache working.
         self.fd_scans = 0
 
     # -- fd maps -----------------------------------------------------------------------------
     def _scan(self, pids: Iterable[int]) -> None:
+        self._held_cache = None
         for pid in pids:
             self.inodes[pid] = self.observer.socket_inodes(pid)
             self.fd_scans += 1
@@ -78,7 +80,11 @@ class SocketWatch:
         self._foreign.clear()
 
     def _held(self) -> set[int]:
-        return set().union(*self.inodes.values()) if self.inodes else set()
+        """Every inode some worker holds (recomputed only when a map changed: with 64
+        workers and 10,000 connections the union is a few milliseconds)."""
+        if self._held_cache is None:
+            self._held_cache = set().union(*self.inodes.values()) if self.inodes else set()
+        return self._held_cache
 
     # -- the poll ----------------------------------------------------------------------------
     def poll(
@@ -94,6 +100,7 @@ class SocketWatch:
         now = time.monotonic()
         for gone in set(self.inodes) - set(pids):
             del self.inodes[gone]
+            self._held_cache = None
         if now - self._scanned_at >= self.rescan_s:
             self._scan(pids)
             self._scanned_at = now
@@ -152,9 +159,13 @@ class SocketWatch:
     def _unknown(self, connections: list[TcpSocket], ports: Collection[int]) -> bool:
         """Whether a connection on our ports has an inode no worker map (nor the known
         foreign set) holds: a connection accepted since the maps were read."""
-        known = self._held() | self._foreign
+        held, foreign = self._held(), self._foreign
         return any(
-            s.inode and s.inode not in known and s.local_port in ports and s.state != "LISTEN"
+            s.inode
+            and s.inode not in held
+            and s.inode not in foreign
+            and s.local_port in ports
+            and s.state != "LISTEN"
             for s in connections
         )
 
