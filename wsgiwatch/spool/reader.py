@@ -32,6 +32,7 @@ __all__ = [
 #: An entry claimed but still unwritten this long after a later one was published belongs
 #: to a writer that died mid-write (or was stopped): give up on it and count it torn.
 STUCK_ENTRY_TIMEOUT_NS = 2_000_000_000
+#: (or sooner, when the records published after it fill half the ring: see read_records)
 
 
 def queue_wait_ns(entry_ns: int, ready_ns: int) -> int:
@@ -452,7 +453,9 @@ class SpoolReader:
             if self._stuck_at != i:
                 self._stuck_at, self._stuck_since = i, now
                 break
-            if now - self._stuck_since < STUCK_ENTRY_TIMEOUT_NS:
+            # Waiting for it holds back every record after it: once they fill half the
+            # ring, give it up (one record) rather than lose the ring's worth behind it.
+            if now - self._stuck_since < STUCK_ENTRY_TIMEOUT_NS and head - i < ring // 2:
                 break
             torn += 1
             i += 1
