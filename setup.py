@@ -1,18 +1,44 @@
-"""The optional C accelerator of the middleware's per-request path.
+"""The optional C accelerator of the middleware's per-request path; the sdist's symlinks.
 
 Everything else is in pyproject.toml. ``optional=True``: without a compiler the build goes
 on and WSGIWatch uses its pure-Python path (wsgiwatch/worker/python_path.py), which records the same
 bytes, only slower.
 """
 
+import os
 import sysconfig
+from pathlib import Path
 
 from setuptools import Extension, setup
+from setuptools.command.sdist import sdist
+
+
+class SdistWithSymlinks(sdist):
+    """The sdist, with the tests' symlinks as symlinks.
+
+    The fake /proc the kernel tests read has fd links such as ``3 -> socket:[32604]``, which
+    point nowhere; setuptools leaves out anything that is not a regular file, so the tests
+    would fail from an unpacked sdist. The links are put back into the tree it archives,
+    except those to an absolute path (``0 -> /dev/null``): pip refuses an sdist with one.
+    """
+
+    def make_release_tree(self, base_dir: str, files: list[str]) -> None:
+        super().make_release_tree(base_dir, files)
+        for link in sorted(Path("tests").rglob("*")):
+            copy = Path(base_dir) / link
+            if link.is_symlink() and not copy.is_symlink():
+                target = os.readlink(link)
+                if os.path.isabs(target):
+                    continue
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(target, copy)
+
 
 # A free-threaded build (3.13t and later): the C path relies on the GIL, so none is built.
 gil_free = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 setup(
+    cmdclass={"sdist": SdistWithSymlinks},
     ext_modules=[]
     if gil_free
     else [

@@ -1,10 +1,15 @@
 """What the sidecar costs, and how soon it shows a stall.
 
-    .venv/bin/python benchmarks/sidecar_cost.py [--window 10] [--trials 8]
+    .venv/bin/python benchmarks/sidecar_cost.py [--window 10] [--trials 8] [--profile]
+    .venv/bin/python benchmarks/sidecar_cost.py --soak-minutes 10
 
 Cost: gunicorn gthread (2 workers x 4 threads, keep-alive on) serves hello world wrapped
 in WSGIWatch; the sidecar's :class:`~wsgiwatch.sidecar.monitor.Monitor` runs in a process
-of its own with default settings (poll every 0.5 s), as ``wsgiwatch sidecar`` would. While
+of its own with default settings, polled by the sidecar's own
+:class:`~wsgiwatch.sidecar.poll_loop.PollLoop` (every 0.5 s, early when a ring fills), as
+``wsgiwatch sidecar`` would. ``--profile`` adds, per row, where the polls' time went
+(cProfile: per-call work reads heavier than it is). ``--soak-minutes`` runs only a long
+full-speed load instead and prints the sidecar's RSS, CPU and drops per 30 s window. While
 wrk loads the server at ~1,000 requests/s (a Lua ``delay()`` paces it) and then as fast as
 it can, with 100 and then 1,000 extra keep-alive connections held open and idle, we read the
 sidecar process's own CPU time (``getrusage``) over a window of the run and report it as a

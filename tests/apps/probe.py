@@ -40,5 +40,8 @@ def raw_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 
 
 application = WSGIWatch(raw_app)
-# The same app asking for a 16-record ring (used to check the geometry is honoured).
+# The same app behind one front proxy that adds X-Request-Start (trusted_proxies=1).
+behind_one_proxy = WSGIWatch(raw_app, trusted_proxies=1)
+# The same app asking for a 16-record ring (used to check the geometry is honoured; last,
+# since the last WSGIWatch made for a directory sets the geometry its spool is opened with).
 small_ring = WSGIWatch(raw_app, ring_size=16)

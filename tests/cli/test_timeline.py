@@ -17,7 +17,7 @@ from support.hol_scenario import WSGIWATCH, Stack, run_slow_then_fast, truly_blo
 from support.png_pixels import near, pixels
 from support.servers import free_port
 
-from wsgiwatch.cli.timeline import render_html
+from wsgiwatch.cli.timeline_html import render_html
 from wsgiwatch.sidecar.server import SidecarServer
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -86,3 +86,27 @@ def test_unlabelled_counter_exposes_zero_before_anything_happens() -> None:
     assert [(s.name, s.labels, s.value) for s in fam.samples] == [("events_total", {}, 0.0)]
     # A labelled one has no series to show until a label value exists.
     assert Counter().family("events_total", "doc", ["kind"]).samples == []
+
+
+def test_a_scanner_cannot_push_a_real_route_into_other() -> None:
+    """120 junk paths from a scanner first, then /checkout: it gets its own label after a
+    few requests (before, it was ``other`` for the sidecar's life)."""
+    cap = LabelCap(100)
+    junk = [cap(f"/scan/{n}.php") for n in range(120)]
+    assert junk.count(OTHER) == 120 - 75  # three quarters are given on sight
+    first = [cap("/checkout") for _ in range(10)]
+    assert first[:4] == [OTHER] * 4  # proving traffic, counted as other meanwhile
+    assert first[4:] == ["/checkout"] * 6
+    # Junk seen once each is never promoted, however much of it comes.
+    assert all(cap(f"/scan/more/{n}") == OTHER for n in range(10_000))
+    assert len(cap._candidates) <= 400  # bounded memory
+    assert cap("/checkout") == "/checkout"
+
+
+def test_the_reserved_labels_run_out_too() -> None:
+    cap = LabelCap(8, promote_after=2)
+    for n in range(6):
+        assert cap(f"/r{n}") == f"/r{n}"
+    for n in range(6, 10):
+        assert cap(f"/r{n}") == OTHER
+    assert [cap(f"/r{n}") for n in range(6, 10)] == ["/r6", "/r7", OTHER, OTHER]

@@ -6,6 +6,7 @@ import gzip
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -380,3 +381,158 @@ def test_a_taken_port_raises_oserror_not_systemexit():
         taken.listen()
         with pytest.raises(OSError, match="in use"):
             SidecarServer(FakeMonitor(), host="127.0.0.1", port=taken.getsockname()[1])
+
+
+# -- floods, slow clients, bad requests ------------------------------------------------------
+
+
+def _partial_requests(server_port: int, count: int) -> list[socket.socket]:
+    """``count`` connections, each holding half a request (no blank line ends it)."""
+    socks = []
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", server_port), timeout=5)
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: flood\r\n")
+        socks.append(s)
+    return socks
+
+
+def test_metrics_answers_within_a_second_during_a_flood_of_partial_requests(start):
+    server = start(FakeMonitor())
+    assert request(server, "/metrics").status == 200
+    threads_before = threading.active_count()
+    flood = _partial_requests(server.port, 1000)
+    try:
+        for _ in range(5):
+            began = time.monotonic()
+            reply = request(server, "/metrics", timeout=5)
+            assert reply.status == 200
+            assert time.monotonic() - began < 1.0
+            assert "wsgiwatch_hol_blocked_requests_total" in reply.text
+        # Threads stay bounded (the flood made 1,004 with a thread per connection); the
+        # answering pool may have grown to its size since the first scrape.
+        assert threading.active_count() <= threads_before + 2
+        assert server._http.connections <= 256
+        assert server._http.evicted >= 1000 - 256
+    finally:
+        for s in flood:
+            s.close()
+    wait_until(lambda: server._http.connections == 0)
+    assert request(server, "/healthz").status == 200
+
+
+def test_a_partial_request_is_closed_after_the_header_timeout(start):
+    server = start(FakeMonitor())
+    server._http.header_timeout_s = 0.3
+    (slow,) = _partial_requests(server.port, 1)
+    began = time.monotonic()
+    slow.settimeout(5)
+    assert slow.recv(100) == b""  # closed by the server, without an answer
+    assert 0.25 < time.monotonic() - began < 2.0
+    assert server._http.timed_out == 1
+    slow.close()
+
+
+def test_an_idle_connection_is_closed_and_a_kept_alive_one_reused(start):
+    server = start(FakeMonitor())
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
+    for _ in range(3):  # one connection, three requests
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().read()
+    assert server._http.connections == 1
+    conn.close()
+    idle = socket.create_connection((server.host, server.port), timeout=5)
+    server._http.header_timeout_s = 0.2  # also the limit before a first byte
+    wait_until(lambda: server._http.timed_out >= 1)
+    assert idle.recv(10) == b""
+    idle.close()
+
+
+def test_a_client_that_does_not_read_is_dropped_and_others_are_served():
+    from wsgiwatch.sidecar.bounded_http import BoundedHTTPServer
+
+    body = b"x" * (32 << 20)  # far more than socket buffers hold
+
+    def big(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [body if environ["PATH_INFO"] == "/big" else b"small"]
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    http_server = BoundedHTTPServer(listener, big, write_timeout_s=0.5)
+    thread = threading.Thread(target=http_server.serve_forever, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    try:
+        stuck = socket.create_connection(("127.0.0.1", port), timeout=5)
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")  # and never reads
+        began = time.monotonic()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/small")
+        assert conn.getresponse().read() == b"small"
+        assert time.monotonic() - began < 1.0
+        conn.close()
+        wait_until(lambda: http_server.timed_out >= 1)
+        assert http_server.connections == 0
+        stuck.close()
+    finally:
+        http_server.shutdown()
+        http_server.server_close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"NONSENSE\r\n\r\n", 400),
+        (b"GET /metrics HTTP/1.1\r\nno colon here\r\n\r\n", 400),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414),
+        (b"GET /" + b"a" * 9000, 414),  # still arriving: refused before it ends
+        (b"GET /metrics HTTP/1.1\r\n" + b"X-A: b\r\n" * 101 + b"\r\n", 431),
+        (b"GET /metrics HTTP/1.1\r\nX-Big: " + b"b" * 20000 + b"\r\n\r\n", 431),
+        (b"GET /metrics HTTP/2.0\r\n\r\n", 505),
+    ],
+)
+def test_bad_requests_get_the_usual_codes_and_the_server_goes_on(start, raw, status):
+    server = start(FakeMonitor())
+    with socket.create_connection((server.host, server.port), timeout=5) as s:
+        s.sendall(raw)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    assert reply.startswith(f"HTTP/1.1 {status} ".encode()), reply[:80]
+    assert b"Connection: close" in reply
+    assert request(server, "/metrics").status == 200
+
+
+def test_a_request_with_a_body_is_answered_and_the_connection_closed(start):
+    server = start(FakeMonitor())
+    reply = request(server, "/metrics", method="POST", headers={"Content-Length": "0"})
+    assert reply.status == 405
+    with socket.create_connection((server.host, server.port), timeout=5) as s:
+        s.sendall(b"POST /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello")
+        assert s.recv(65536).startswith(b"HTTP/1.1 405 ")
+        assert s.recv(10) == b""  # closed: the body is never read as a request
+
+
+# -- client addresses ------------------------------------------------------------------------
+
+
+def test_peer_addresses_can_be_hidden_everywhere_in_the_api(start):
+    shown = start(FakeMonitor())
+    assert "127.0.0.1:50000" in request(shown, "/api/requests").text
+    hidden = SidecarServer(FakeMonitor(), host="127.0.0.1", port=0, peer_addresses=False)
+    with hidden:
+        for path in ("/api/requests", "/api/incidents", "/api/state"):
+            text = request(hidden, path).text
+            assert "127.0.0.1:5000" not in text, path  # the clients' (the server's stays)
+        state = request(hidden, "/api/state").json()
+        (stall,) = state["stalls"]  # type: ignore[misc]
+        requests = request(hidden, "/api/requests").json()["requests"]
+        names = [r["peer"] for r in requests]  # type: ignore[union-attr,index]
+        # One name per connection, stable across calls, different per connection.
+        assert all(re.fullmatch(r"peer-[0-9a-f]{12}", n) for n in names)
+        assert len(set(names)) == len({r["peer"] for r in RECENT})
+        again = request(hidden, "/api/requests").json()["requests"]
+        assert [r["peer"] for r in again] == names  # type: ignore[union-attr,index]
+        # 127.0.0.1:50001 is the second request's connection: the same name in every view.
+        assert stall["peer"] == names[1]

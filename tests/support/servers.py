@@ -7,9 +7,11 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import IO
 
 from wsgiwatch.cli.process_group import stop_group
 
@@ -23,12 +25,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+def wait_for_port(
+    port: int,
+    proc: subprocess.Popen[bytes],
+    timeout: float = 20.0,
+    output: IO[bytes] | None = None,
+) -> None:
     """Wait until something accepts on 127.0.0.1:port (or the server died)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            out = _read_back(output) if output else ""
+            if not out and proc.stdout:
+                out = proc.stdout.read().decode(errors="replace")
             raise RuntimeError(f"server exited with {proc.returncode}:\n{out}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return
@@ -36,11 +45,23 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.
     raise TimeoutError(f"nothing listening on port {port} after {timeout} s")
 
 
+def _read_back(output: IO[bytes]) -> str:
+    output.flush()
+    output.seek(0)
+    return output.read().decode(errors="replace")
+
+
 @dataclass
 class Server:
     proc: subprocess.Popen[bytes]
     port: int
     spool_dir: str
+    #: What the server printed, in a file: a pipe nobody reads would stop a server that
+    #: logs much (the sidecar logs one line per incident) once ~64 KB piled up.
+    output: IO[bytes] | None = None
+
+    def printed(self) -> str:
+        return _read_back(self.output) if self.output else ""
 
     @property
     def url(self) -> str:
@@ -54,20 +75,19 @@ def run_server(
     """Run a server command (its own process group) until the block ends."""
     full_env = dict(os.environ, WSGIWATCH_DIR=spool_dir, PYTHONPATH=TESTS_DIR)
     full_env.update(env or {})
-    proc = subprocess.Popen(
-        list(argv),
-        env=full_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        wait_for_port(port, proc)
-        yield Server(proc, port, spool_dir)
-    finally:
-        stop_group(proc)
-        if proc.stdout:
-            proc.stdout.close()
+    with tempfile.TemporaryFile() as output:
+        proc = subprocess.Popen(
+            list(argv),
+            env=full_env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_for_port(port, proc, output=output)
+            yield Server(proc, port, spool_dir, output)
+        finally:
+            stop_group(proc)
 
 
 def gunicorn(
@@ -82,10 +102,18 @@ def gunicorn(
 ) -> contextlib.AbstractContextManager[Server]:
     """gunicorn serving ``app`` (``module:callable`` importable from tests/)."""
     port = free_port()
-    argv = [
+    argv = gunicorn_argv(app, f"127.0.0.1:{port}", worker_class, workers, threads, extra)
+    return run_server(argv, port, spool_dir, env)
+
+
+def gunicorn_argv(
+    app: str, bind: str, worker_class: str, workers: int, threads: int, extra: Sequence[str]
+) -> list[str]:
+    """The gunicorn command line the tests use, bound to ``bind`` (host:port, unix:path)."""
+    return [
         os.path.join(VENV_BIN, "gunicorn"),
         "--bind",
-        f"127.0.0.1:{port}",
+        bind,
         "--workers",
         str(workers),
         "--threads",
@@ -99,7 +127,6 @@ def gunicorn(
         *extra,
         app,
     ]
-    return run_server(argv, port, spool_dir, env)
 
 
 def waitress(

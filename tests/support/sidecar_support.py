@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from wsgiwatch.kernel import KernelSnapshot, TcpSocket
+from wsgiwatch.kernel import KernelSnapshot, TcpSocket, UnixSocket
 from wsgiwatch.sidecar.monitor import Monitor
 from wsgiwatch.spool import layout as fmt
 from wsgiwatch.spool.writer import SpoolWriter
@@ -60,6 +60,15 @@ class FakeProc:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def created_before(span_ns: int, now_ns: int | None = None) -> int:
+    """A CLOCK_MONOTONIC time ``span_ns`` ago, never before boot: on a machine (or a time
+    namespace) up for less than ``span_ns`` it is 0, the earliest time the clock can show.
+    Subtracting a fixed span and storing the result unsigned is what broke 48 tests on
+    machines booted minutes ago (issue 12)."""
+    now = time.monotonic_ns() if now_ns is None else now_ns
+    return max(0, now - span_ns)
+
+
 def make_spool(
     directory: str,
     pid: int,
@@ -80,7 +89,7 @@ def make_spool(
     size = fmt.spool_size(slot_count, ring_capacity, accept_capacity)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.ftruncate(fd, size)
+        os.posix_fallocate(fd, 0, size)  # as open_spool does: readers refuse sparse spools
         mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
     finally:
         os.close(fd)
@@ -93,7 +102,7 @@ def make_spool(
         pid,
         start_ticks,
         time.time_ns(),
-        time.monotonic_ns() - 3600 * S if created_mono_ns is None else created_mono_ns,
+        created_before(3600 * S) if created_mono_ns is None else created_mono_ns,
         slot_count,
         fmt.SLOT_SIZE,
         ring_capacity,
@@ -234,14 +243,19 @@ class FakeKernel:
     def __init__(self) -> None:
         self.inodes: dict[int, set[int]] = {}
         self.socks: list[TcpSocket] = []
+        self.unix: list[UnixSocket] = []
+        self.blind: dict[int, str] = {}  # pid -> why its sockets cannot be seen
         self.mid_ns = 0
 
     def socket_inodes(self, pid: int) -> set[int]:
         return set(self.inodes.get(pid, ()))
 
+    def blindness(self, pid: int, *, fds_seen: bool = False) -> str | None:
+        return self.blind.get(pid)
+
     def snapshot(self, tcp_ports: object = None, **_options: object) -> KernelSnapshot:
         mid = self.mid_ns or time.monotonic_ns()
-        return KernelSnapshot(list(self.socks), [], mid - 1000, mid + 1000)
+        return KernelSnapshot(list(self.socks), list(self.unix), mid - 1000, mid + 1000)
 
 
 # --- metrics --------------------------------------------------------------------------------

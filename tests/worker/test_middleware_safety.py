@@ -264,7 +264,7 @@ def _behind_a_proxy(app: Any) -> Any:
 def test_internal_error_at_exit_leaves_the_response_alone(
     watch_dir: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    watched = WSGIWatch(raw_app, spool_dir=watch_dir, **SMALL)
+    watched = WSGIWatch(raw_app, spool_dir=watch_dir, trusted_proxies=1, **SMALL)
     assert_unchanged(watched, ["/kinds/list1"])  # opens the spool, one good record
     with swapped(accept_sources, proxy_wall_ns=_boom):  # a front proxy's header is read at exit
         assert_unchanged(_behind_a_proxy(watched))
@@ -477,11 +477,14 @@ def test_odd_environ_never_raises_and_is_recorded(watch_dir: str, name: str) -> 
 
 def test_huge_path_is_cut_on_a_character_boundary(watch_dir: str) -> None:
     watched = WSGIWatch(_simple_app, spool_dir=watch_dir, **SMALL)
-    # "/" and 100 two-byte characters, as a server hands UTF-8 over (latin-1 in a str)
-    path = ("/" + "\u00e9" * 100).encode().decode("latin-1")
+    # Segments of 15 two-byte characters (shorter than a folded long segment), as a server
+    # hands UTF-8 over (latin-1 in a str)
+    segment = "\u00e9" * 15
+    path = ("/" + "/".join([segment] * 6)).encode().decode("latin-1")
     call_app(watched, _environ(PATH_INFO=path))
     (record,) = all_records(watch_dir)
-    assert record.route == "/" + "\u00e9" * 31  # 63 bytes: the 64th would split a character
+    # 63 bytes: the 64th would split a character
+    assert record.route == "/" + segment + "/" + segment + "/"
 
 
 # --- fork -----------------------------------------------------------------------------------

@@ -198,7 +198,14 @@ EXTRAS: list[dict[str, Any]] = [
 
 
 def _run_scenarios(cls: type, directory: str) -> list[Record]:
-    watched = cls(_scenario_app, spool_dir=directory, slots=2, ring_size=256, accept_events=4)
+    watched = cls(
+        _scenario_app,
+        spool_dir=directory,
+        slots=2,
+        ring_size=256,
+        accept_events=4,
+        trusted_proxies=1,
+    )
     held = []  # responses not yet closed: the third one at a time runs without a slot
     for extra in EXTRAS:
         for kind in KINDS:

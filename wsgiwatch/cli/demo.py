@@ -26,11 +26,11 @@ from typing import Any, Literal, TextIO
 
 import structlog
 
-from wsgiwatch.cli.advice import advise, situation_of
+from wsgiwatch.cli.advice import advice_for
 from wsgiwatch.cli.diagnosis import Snapshot, analyse
 from wsgiwatch.cli.diagnosis_text import render
 from wsgiwatch.cli.process_group import stop_group
-from wsgiwatch.cli.timeline import render_html
+from wsgiwatch.cli.timeline_html import render_html
 from wsgiwatch.sidecar.monitor import Monitor
 
 Server = Literal["gthread", "waitress", "sync"]
@@ -182,7 +182,8 @@ def report(snapshot: Snapshot, load: LoadResult, server: Server, out: TextIO) ->
     if load.errors:
         print(f"  {load.errors} requests failed", file=out)
     diagnosis = analyse(snapshot)
-    print("\n" + render(diagnosis, advise(situation_of(diagnosis)), "the demo's sidecar"), file=out)
+    advice, _ = advice_for(snapshot, diagnosis)
+    print("\n" + render(diagnosis, advice, "the demo's sidecar"), file=out)
     expected_blocking = server != "sync"
     return (
         (diagnosis.blocked > 0) == expected_blocking and load.errors == 0 and diagnosis.requests > 0

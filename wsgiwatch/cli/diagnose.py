@@ -15,9 +15,10 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any, TextIO
 
-from wsgiwatch.cli.advice import advise, situation_of
+from wsgiwatch.cli.advice import advice_for
 from wsgiwatch.cli.client import SidecarClient, SidecarUnreachable
 from wsgiwatch.cli.common import EXIT_UNREACHABLE, add_sidecar_options, duration_arg, sidecar_url
 from wsgiwatch.cli.diagnosis import Snapshot, analyse
@@ -50,14 +51,20 @@ def command(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO | 
     out = out or sys.stdout
     try:
         client = SidecarClient(sidecar_url(args, environ), args.timeout)
-        diagnosis = analyse(Snapshot.fetch(client, args.since))
+        snapshot = Snapshot.fetch(client, args.since)
     except (SidecarUnreachable, ValueError) as exc:
         print(f"wsgiwatch diagnose: cannot read the sidecar: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
-    advice = advise(situation_of(diagnosis))
+    diagnosis = analyse(snapshot)
+    advice, forecast = advice_for(snapshot, diagnosis)
     if args.json:
         data = diagnosis.to_json()
-        data.update(url=client.url, advice=advice, notes=notes(diagnosis))
+        data.update(
+            url=client.url,
+            advice=[asdict(a) for a in advice],
+            forecast=forecast.to_json(),
+            notes=notes(diagnosis),
+        )
         out.write(json.dumps(data, indent=2) + "\n")
     else:
         out.write(render(diagnosis, advice, client.url))

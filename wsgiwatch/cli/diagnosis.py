@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from wsgiwatch.cli.client import Metrics, SidecarClient
 from wsgiwatch.cli.common import EXIT_BLOCKING, EXIT_HEALTHY
+from wsgiwatch.remedies.catalog import Deployment
+from wsgiwatch.remedies.recorded import deployment_from
 from wsgiwatch.sidecar.contract import MonitorProtocol
 from wsgiwatch.sidecar.views import (
     RECENT_KEPT,
@@ -25,6 +27,7 @@ from wsgiwatch.sidecar.views import (
     LiveState,
     RecentRequests,
     RequestView,
+    UnseenWorker,
     WorkerView,
 )
 
@@ -90,7 +93,7 @@ class Diagnosis:
     server: str
     workers_live: int
     capacity: int
-    cooperative: bool  # greenlets (gevent) rather than threads
+    deployment: Deployment  # the server and its worker shape, as the workers report it
     accept_hook: bool  # on in every live worker (or, none live, it timed the requests)
     hook_workers: int  # live workers whose accepts the hook records
     requests: int
@@ -115,6 +118,7 @@ class Diagnosis:
     window_cut: bool  # the sidecar kept fewer requests than the window held
     pure_python_workers: int  # live workers recording without the C accelerator
     kernel_visible: bool  # the sidecar reads the kernel's socket tables
+    unseen_workers: list[UnseenWorker]  # live workers whose sockets it cannot see, and why
     records_dropped: int  # request records lost before the sidecar read them
 
     @property
@@ -244,7 +248,7 @@ def analyse(snapshot: Snapshot) -> Diagnosis:
         server=next((w["server"] for w in live if w.get("server")), ""),
         workers_live=len(live),
         capacity=max((int(w.get("capacity") or 1) for w in live), default=1),
-        cooperative=any(w.get("cooperative") for w in live),
+        deployment=deployment_from(live, len(facts)),
         accept_hook=hooked,
         hook_workers=hook_workers,
         requests=len(requests),
@@ -269,5 +273,6 @@ def analyse(snapshot: Snapshot) -> Diagnosis:
         window_cut=len(requests) >= RECENT_KEPT,
         pure_python_workers=sum(1 for w in live if w.get("accelerated") is False),
         kernel_visible=bool(snapshot.state.get("kernel", False)),
+        unseen_workers=list(snapshot.state.get("kernel_unseen_workers", [])),
         records_dropped=int(metrics.total("wsgiwatch_spool_records_dropped_total")),
     )

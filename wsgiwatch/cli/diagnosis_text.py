@@ -8,6 +8,7 @@ in a benchmark) are in the docs, not in this text.
 
 from __future__ import annotations
 
+from wsgiwatch.cli.advice import Advice
 from wsgiwatch.cli.common import paragraph as _para
 from wsgiwatch.cli.common import plural as _plural
 from wsgiwatch.cli.common import seconds_text as _s
@@ -38,16 +39,34 @@ def notes(d: Diagnosis) -> list[str]:
         )
     if d.pure_python_workers:
         n = d.pure_python_workers
+        why = (
+            # The C path serves the main interpreter only; mod_wsgi puts each application
+            # group in a sub-interpreter of its own.
+            "mod_wsgi runs the app in a sub-interpreter, which the C accelerator does not "
+            "serve (WSGIApplicationGroup %{GLOBAL} runs it in the main one), or the "
+            "accelerator is not built there, or WSGIWATCH_PURE_PYTHON is set"
+            if "mod_wsgi" in d.server
+            else "wsgiwatch's C accelerator is not built there (no C compiler at install "
+            "time) or WSGIWATCH_PURE_PYTHON is set"
+        )
         out.append(
-            f"{_plural(n, 'worker')} record{'s' if n == 1 else ''} in pure Python: "
-            "wsgiwatch's C accelerator is not built there (no C compiler at install time) "
-            "or WSGIWATCH_PURE_PYTHON is set. Recording then costs several times more per "
-            "request (docs/benchmarks.md); reinstall with gcc and the Python headers."
+            f"{_plural(n, 'worker')} record{'s' if n == 1 else ''} in pure Python: {why}. "
+            "Recording then costs several times more per request (docs/benchmarks.md)."
         )
     if not d.kernel_visible:
         out.append(
             "The sidecar cannot read the kernel's socket tables here: live stalls and "
             "backlogs are seen only through the accept hook."
+        )
+    reasons: dict[tuple[str, str], list[int]] = {}
+    for unseen in d.unseen_workers:
+        reasons.setdefault((unseen["reason"], unseen["remedy"]), []).append(unseen["worker"])
+    for (reason, remedy), indexes in sorted(reasons.items()):
+        names = ", ".join(str(i) for i in sorted(indexes))
+        out.append(
+            f"The sidecar cannot see the sockets of {_plural(len(indexes), 'worker')} "
+            f"({names}; {reason.replace('_', ' ')}): their stalls and backlog go unseen. "
+            f"To see them: {remedy}."
         )
     if d.records_dropped:
         out.append(
@@ -177,7 +196,21 @@ def _where_waited(d: Diagnosis) -> list[str]:
     return out
 
 
-def render(d: Diagnosis, advice: list[str], source: str = "") -> str:
+def _advice(a: Advice) -> list[str]:
+    """A bullet, then for a remedy exactly what to change (``add:`` is what to type)."""
+    out = [_para(a.text, "  ", "- ")]
+    for label, value in (
+        ("add", a.flags),
+        ("or in the config file", a.config),
+        ("predicted", a.prediction),
+        ("cost", a.cost),
+    ):
+        if value:
+            out.append(_para(f"{label}: {value}", "      ", ""))
+    return out
+
+
+def render(d: Diagnosis, advice: list[Advice], source: str = "") -> str:
     """The whole report: verdict, who blocked whom, where waiting happened, what to change
     (``advice``, most useful first), and what limits these figures."""
     head = f"wsgiwatch diagnose{': ' + source if source else ''}, last {_window(d.window_s)}"
@@ -193,7 +226,8 @@ def render(d: Diagnosis, advice: list[str], source: str = "") -> str:
         out += _where_waited(d)
     if advice:
         out += ["", "What to change:"]
-        out += [_para(a, "  ", "- ") for a in advice]
+        for a in advice:
+            out += _advice(a)
     found = notes(d)
     if found:
         out += ["", "Notes:"]

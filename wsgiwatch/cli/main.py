@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from wsgiwatch import __version__
-from wsgiwatch.cli import demo, diagnose, run, timeline, top
+from wsgiwatch.cli import demo, diagnose, grafana_export, run, timeline, top, whatif
 from wsgiwatch.cli import sidecar as cli_sidecar
 from wsgiwatch.cli.sidecar import ConfigError
 
@@ -31,8 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.register(subparsers)
     demo.register(subparsers)
     diagnose.register(subparsers)
+    whatif.register(subparsers)
     top.register(subparsers)
     timeline.register(subparsers)
+    grafana_export.register(subparsers)
     return parser
 
 

@@ -42,6 +42,8 @@ class SidecarSettings:
     listener_ports: tuple[int, ...] | None = None
     log_format: LogFormat = "json"
     monitor_factory: str = DEFAULT_MONITOR_FACTORY
+    #: Client addresses in /api/requests, /api/incidents and /api/state ("hide": "hidden").
+    peer_addresses: bool = True
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -129,6 +131,11 @@ def add_sidecar_options(parser: argparse.ArgumentParser) -> None:
         "the server's listening ports (default: found from the workers' own sockets)",
     )
     option("--log-format", "{json,console}", "log lines as JSON objects or for humans (json)")
+    option(
+        "--peer-addresses",
+        "{show,hide}",
+        "show each request's client address and port in the JSON API, or hide them (show)",
+    )
     # For tests and embedding: MODULE:CALLABLE building the monitor from the same keyword
     # arguments as wsgiwatch.sidecar.monitor.Monitor. Deliberately left out of --help.
     group.add_argument("--monitor-factory", dest="monitor_factory", help=argparse.SUPPRESS)
@@ -178,7 +185,14 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Sidec
         listener_ports=_setting(args, environ, "ports", None, parse_ports),
         log_format=_setting(args, environ, "log_format", "json", parse_log_format),
         monitor_factory=_setting(args, environ, "monitor_factory", DEFAULT_MONITOR_FACTORY, str),
+        peer_addresses=_setting(args, environ, "peer_addresses", True, parse_show_hide),
     )
+
+
+def parse_show_hide(value: str) -> bool:
+    if value not in ("show", "hide"):
+        raise ValueError("expected show or hide")
+    return value == "show"
 
 
 def load_factory(spec: str) -> Callable[..., Any]:
@@ -260,6 +274,7 @@ def command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                 host=settings.host,
                 port=settings.port,
                 poll_interval_s=settings.poll_interval_s,
+                peer_addresses=settings.peer_addresses,
             )
         except OSError as exc:
             log.error(

@@ -77,7 +77,7 @@ def generate(settings: d.Settings | None = None) -> dict[str, str]:
         RULES: to_yaml(prometheus_rules.build(s)),
         RULE_TESTS: to_yaml(rule_tests.build(s, rule_file=_relative(RULES, RULE_TESTS))),
         ALERTING: to_yaml(grafana_alerts.build(s)),
-        DATASOURCES: to_yaml(provisioning.datasources()),
+        DATASOURCES: to_yaml(provisioning.datasources(s)),
         DASHBOARD_PROVIDERS: to_yaml(provisioning.dashboards()),
     }
     for name, model in (dashboards() or {}).items():

@@ -23,6 +23,11 @@ from typing import Literal
 
 DEFAULT_JOB = "wsgiwatch"
 DEFAULT_WINDOW = "5m"
+#: The Prometheus data source Grafana provisions and its alert rules query (by uid).
+DEFAULT_DATASOURCE_UID = "wsgiwatch-prometheus"
+DEFAULT_DATASOURCE_NAME = "Prometheus (wsgiwatch)"
+#: Where Prometheus is, as seen from Grafana (a compose service name by default).
+DEFAULT_PROMETHEUS_URL = "http://prometheus:9090"
 #: The runbook: ``docs/alerts.md``, one section per alert (anchor = lower-cased alert name).
 RUNBOOK_BASE = "https://github.com/wsgiwatch/wsgiwatch/blob/main/docs/alerts.md"
 
@@ -39,11 +44,15 @@ def duration(text: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    """What a deployment may change: the job label, the rate window, the runbook location."""
+    """What a deployment may change: the job label, the rate window, the runbook location,
+    and the Prometheus data source in Grafana (its uid, name and URL)."""
 
     job: str = DEFAULT_JOB
     window: str = DEFAULT_WINDOW
     runbook_base: str = RUNBOOK_BASE
+    datasource_uid: str = DEFAULT_DATASOURCE_UID
+    datasource_name: str = DEFAULT_DATASOURCE_NAME
+    prometheus_url: str = DEFAULT_PROMETHEUS_URL
 
     def __post_init__(self) -> None:
         if not self.job:

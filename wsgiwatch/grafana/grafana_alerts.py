@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from wsgiwatch.grafana import definitions as d
-from wsgiwatch.grafana.provisioning import DATASOURCE_UID, FOLDER
+from wsgiwatch.grafana.provisioning import FOLDER
 
 GROUP = "wsgiwatch"
 INTERVAL = "1m"
@@ -45,10 +45,10 @@ def rule(
     query = {
         "refId": "A",
         "relativeTimeRange": {"from": LOOKBACK_S, "to": 0},
-        "datasourceUid": DATASOURCE_UID,
+        "datasourceUid": settings.datasource_uid,
         "model": {
             "refId": "A",
-            "datasource": {"type": "prometheus", "uid": DATASOURCE_UID},
+            "datasource": {"type": "prometheus", "uid": settings.datasource_uid},
             "editorMode": "code",
             "expr": d.query(alert, settings),
             "instant": True,

@@ -23,7 +23,7 @@ import time
 from collections.abc import Collection
 from typing import Any, NamedTuple
 
-from wsgiwatch.kernel import netlink, procfs
+from wsgiwatch.kernel import netlink, procfs, visibility
 from wsgiwatch.kernel.errors import (
     KernelError,
     KernelParseError,
@@ -228,6 +228,14 @@ class KernelObserver:
     def socket_inodes(self, pid: int) -> set[int]:
         """Inodes of the sockets ``pid`` holds; empty if it exited or is not ours."""
         return procfs.socket_inodes(pid, self.procfs_root)
+
+    def blindness(self, pid: int, *, fds_seen: bool = False) -> str | None:
+        """Why ``pid``'s sockets cannot be seen from here (a
+        :data:`wsgiwatch.kernel.visibility.REASONS` word), or None when they can.
+        ``fds_seen``: its ``/proc/PID/fd`` was just read, so only the namespace is in doubt."""
+        root = self.procfs_root
+        fds = None if fds_seen else visibility.fd_blindness(pid, root)
+        return fds or visibility.netns_blindness(pid, root)
 
     def process_start_ticks(self, pid: int) -> int | None:
         """``pid``'s start time in clock ticks after boot, or ``None`` if it is gone."""

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from wsgiwatch.sidecar import accumulate as acc
-from wsgiwatch.sidecar.arrivals import ArrivalJoin
+from wsgiwatch.sidecar.arrivals import PROXY_ROUNDING_NS, ArrivalJoin, Ready, unix_record
 from wsgiwatch.sidecar.connections import plain_addr
 from wsgiwatch.sidecar.incidents import IncidentLog
 from wsgiwatch.sidecar.recent import Outcome, RecentBuffer
@@ -103,17 +103,19 @@ class Accountant:
         if ready is None:
             t.wait_sources.inc(("none",))
             return
-        ready_ns, source = ready
+        ready_ns, source = ready.ns, ready.source
         t.wait_sources.inc((source,))
         wait_ns = queue_wait_ns(record.entry_ns, ready_ns)
         outcome.ready_ns, outcome.wait_s, outcome.wait_source = ready_ns, wait_ns / 1e9, source
         t.queue_waits.observe((route,), wait_ns / 1e9)
-        self._observe_phases(record, ready_ns, source, wall_offset)
+        outcome.phases = phases = self._phases(record, ready, wall_offset)
+        for phase, seconds in phases.items():
+            t.wait_phases.observe((phase,), seconds)
         verdict = judge(
             worker,
             record,
             ready_ns,
-            source,
+            ready.inside,
             workers,
             threshold_ns=self.threshold_ns,
             now_ns=now_ns,
@@ -152,7 +154,13 @@ class Accountant:
 
     def _note_connection(self, worker: Worker, record: Record) -> None:
         """Remember the connections each worker answered. Without the accept hook, a new
-        peer on a worker is also our count of the connections it accepted."""
+        peer on a worker is also our count of the connections it accepted; a request on a
+        unix socket has no peer to tell connections apart, and counts as one (nginx opens
+        one upstream connection per request unless told to keep them alive)."""
+        if unix_record(record):
+            if not worker.header.accept_hook:
+                self.tallies.accepted.inc((str(worker.index),))
+            return
         seen = self._seen_conns.setdefault(worker.index, collections.OrderedDict())
         key = (plain_addr(record.peer), record.peer_port)
         if key in seen:
@@ -164,16 +172,21 @@ class Accountant:
         if not worker.header.accept_hook:
             self.tallies.accepted.inc((str(worker.index),))
 
-    def _observe_phases(self, record: Record, ready_ns: int, source: str, wall_offset: int) -> None:
-        phases = self.tallies.wait_phases
-        entry = record.entry_ns
+    @staticmethod
+    def _phases(record: Record, ready: Ready, wall_offset: int) -> dict[str, float]:
+        """The wait split where it was spent, in seconds: ``proxy`` (from the front proxy's
+        or Apache's own start to the worker's socket), ``backlog`` (the kernel's accept
+        queue: accept - arrival) and ``process`` (inside the worker: entry - ready). Only
+        what the sources know: a proxy's time alone cannot be split."""
+        if not ready.inside:
+            return {}
+        phases = {"process": queue_wait_ns(record.entry_ns, ready.ns) / 1e9}
         accept = record.accept_ns if record.accept_source != "none" else 0
-        if source != "header":
-            phases.observe(("process",), queue_wait_ns(entry, ready_ns) / 1e9)
         if record.arrival_ns and accept and record.arrival_ns < accept:
-            phases.observe(("backlog",), (accept - record.arrival_ns) / 1e9)
-        if record.proxy_wall_ns and source != "header":
-            first_seen = min(x for x in (accept, record.arrival_ns, ready_ns) if x)
+            phases["backlog"] = (accept - record.arrival_ns) / 1e9
+        if record.proxy_wall_ns and ready.source != "header":
+            first_seen = min(x for x in (accept, record.arrival_ns, ready.ns) if x)
             proxy_ns = first_seen - (record.proxy_wall_ns - wall_offset)
-            if proxy_ns >= 0:
-                phases.observe(("proxy",), proxy_ns / 1e9)
+            if proxy_ns >= -PROXY_ROUNDING_NS:  # nginx's ${msec} is truncated to the ms
+                phases["proxy"] = max(0, proxy_ns) / 1e9
+        return phases

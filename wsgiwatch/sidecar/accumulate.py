@@ -38,21 +38,46 @@ OTHER = "other"
 
 
 class LabelCap:
-    """At most ``limit`` distinct values of one label; later ones become ``other``."""
+    """At most ``limit`` distinct values of one label; the rest become ``other``.
 
-    __slots__ = ("_limit", "_seen")
+    First come, first served alone lets a scanner's junk paths (each requested once) take
+    every label before a real route is seen, and that route then counts as ``other`` for the
+    sidecar's life. So a quarter of the labels is held back for values that prove traffic:
+    once the first ``limit - reserve`` values are in, a new value becomes a label only after
+    ``promote_after`` requests (counted as ``other`` until then). Candidates are counted in a
+    bounded table (``4 x limit`` entries; when full, the ones seen least are forgotten), so a
+    flood of distinct junk costs no memory. A label, once given, stays: Prometheus series
+    must not change meaning.
+    """
 
-    def __init__(self, limit: int = 100) -> None:
+    __slots__ = ("_candidates", "_limit", "_open", "_promote_after", "_seen")
+
+    def __init__(self, limit: int = 100, *, promote_after: int = 5) -> None:
         self._limit = limit
+        self._open = limit - limit // 4  # admitted on sight
+        self._promote_after = promote_after
         self._seen: set[str] = set()
+        self._candidates: dict[str, int] = {}
 
     def __call__(self, value: str) -> str:
         if value in self._seen:
             return value
-        if len(self._seen) >= self._limit:
+        seen = len(self._seen)
+        if seen < self._open:
+            self._seen.add(value)
+            return value
+        if seen >= self._limit:
             return OTHER
-        self._seen.add(value)
-        return value
+        count = self._candidates.get(value, 0) + 1
+        if count >= self._promote_after:
+            self._candidates.pop(value, None)
+            self._seen.add(value)
+            return value
+        if count == 1 and len(self._candidates) >= 4 * self._limit:
+            # Forget the candidates seen once (a scanner's); halve the others.
+            self._candidates = {k: c // 2 for k, c in self._candidates.items() if c > 1}
+        self._candidates[value] = count
+        return OTHER
 
 
 class Histogram:

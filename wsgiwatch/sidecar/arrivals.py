@@ -7,10 +7,13 @@ with max(accept, arrival) taken from the best source a request has:
   kept-alive connection the accept was for an earlier request: arrival only);
 - mod_wsgi's request start;
 - the kernel: an arrival seen while the request waited, to within a jiffy or so (DESIGN.md
-  gives the error measured; kept here between polls,
-  since the request finishes later than the kernel saw it waiting);
-- last a front proxy's ``X-Request-Start``: an upper bound, which includes the proxy and
-  the kernel backlog.
+  gives the error measured; kept here between polls, since the request finishes later than
+  the kernel saw it waiting); on a unix socket, which has no kernel times, between the two
+  dumps around its first sighting (:mod:`wsgiwatch.sidecar.unix_waits`), where a front
+  proxy's time inside that window is the finer estimate;
+- last a front proxy's ``X-Request-Start`` alone: an upper bound, which includes the proxy
+  and the kernel backlog (``inside`` is then False: nothing says the wait was in the
+  worker).
 
 Accept-hook accepts not yet followed by a request are kept too: without the kernel's view,
 they are the only sign of a request stalled inside its worker.
@@ -19,8 +22,10 @@ they are the only sign of a request stalled inside its worker.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 from wsgiwatch.sidecar.connections import Waiting, plain_addr
+from wsgiwatch.sidecar.unix_waits import UnixWaits
 from wsgiwatch.spool.reader import AcceptEvent, Record, SlotState
 
 #: A kernel arrival estimate may be this much later than the entry it belongs to (jiffies).
@@ -30,8 +35,27 @@ PENDING_TTL_NS = 120_000_000_000
 #: Accept-hook accepts with no request after this long were connections that sent nothing.
 ACCEPT_TTL_NS = 60_000_000_000
 
+#: nginx's ``${msec}`` is truncated to the millisecond, and a kernel estimate may read a
+#: jiffy early: a proxy time up to this much *after* the worker's own is the same moment.
+PROXY_ROUNDING_NS = 5_000_000
+#: An accept event's peer for a unix-socket connection: ``unix:<socket inode>``.
+UNIX_PEER_PREFIX = "unix:"
+
 #: (pid, peer address as the worker records it, peer port)
 PeerKey = tuple[int, str, int]
+
+
+class Ready(NamedTuple):
+    """Since when a finished request could have been served, and who says so."""
+
+    ns: int
+    source: str  # hook, mod_wsgi, kernel, header
+    inside: bool  # the source knows the wait was inside the worker (not in a proxy/backlog)
+
+
+def unix_record(record: Record) -> bool:
+    """Served over a unix socket (gunicorn behind nginx): no peer address, no port."""
+    return not record.peer and not record.peer_port
 
 
 def peer_key(pid: int, addr: str, port: int) -> PeerKey:
@@ -46,9 +70,10 @@ def serving(slots: Iterable[SlotState]) -> set[tuple[str, int]]:
 class ArrivalJoin:
     """Arrival and accept times learned before the requests they belong to finish."""
 
-    def __init__(self) -> None:
+    def __init__(self, unix: UnixWaits | None = None) -> None:
         self._kernel: dict[PeerKey, tuple[int, int]] = {}  # -> (arrival, last seen)
         self._accepted: dict[PeerKey, int] = {}  # -> max(accept, arrival)
+        self.unix = unix if unix is not None else UnixWaits()
 
     def started(self, pid: int, slots: Iterable[SlotState]) -> None:
         """Requests on the scoreboard: their accepts are no longer pending."""
@@ -60,6 +85,11 @@ class ArrivalJoin:
     ) -> None:
         """Accept-hook events of ``pid``; ``busy``: peers it is serving now."""
         for event in events:
+            if event.peer.startswith(UNIX_PEER_PREFIX):  # a unix connection, by inode
+                inode = event.peer[len(UNIX_PEER_PREFIX) :]
+                if inode.isdigit():
+                    self.unix.note_accept(int(inode), event.accept_ns)
+                continue
             peer = (plain_addr(event.peer), event.peer_port)
             if event.peer_port and peer not in busy:
                 # Ready since the accept, or since its bytes came if they came later.
@@ -83,8 +113,8 @@ class ArrivalJoin:
         """Accepted connections whose request has not started: (key, ready time)."""
         return iter(list(self._accepted.items()))  # copied: the poll goes on mutating
 
-    def ready(self, record: Record, wall_offset: int) -> tuple[int, str] | None:
-        """(max(accept, arrival), the source that says so), or None if nothing does."""
+    def ready(self, record: Record, wall_offset: int) -> Ready | None:
+        """Since when ``record`` could have been served, or None if nothing says."""
         key = peer_key(record.pid, record.peer, record.peer_port)
         kernel = self._kernel.get(key)
         kernel_arrival = 0
@@ -92,20 +122,30 @@ class ArrivalJoin:
             kernel_arrival = kernel[0]
             del self._kernel[key]  # a later one belongs to the connection's next request
         self._accepted.pop(key, None)
+        # A unix connection seen waiting: taken whatever the source, so it is never given
+        # to a later request of this worker.
+        unix = self.unix.take(record.pid, record.entry_ns) if unix_record(record) else None
+        proxy = record.proxy_wall_ns - wall_offset if record.proxy_wall_ns else 0
         if record.accept_source == "hook":
             # The hook's own times; the kernel may know an arrival the hook could not read.
             own = record.ready_ns
             ready = own if record.arrival_ns else max(own, kernel_arrival)
             if ready:
                 by_kernel = ready == kernel_arrival and not record.arrival_ns
-                return ready, "kernel" if by_kernel else "hook"
+                return Ready(ready, "kernel" if by_kernel else "hook", True)
         if record.accept_source == "mod_wsgi" and record.accept_ns:
             # mod_wsgi's start is per request, so it holds on a kept-alive connection too.
-            return max(record.accept_ns, kernel_arrival), "mod_wsgi"
+            return Ready(max(record.accept_ns, kernel_arrival), "mod_wsgi", True)
         if kernel_arrival:
-            return kernel_arrival, "kernel"
-        if record.proxy_wall_ns:
-            return record.proxy_wall_ns - wall_offset, "header"
+            return Ready(kernel_arrival, "kernel", True)
+        if unix is not None:
+            # The request reached the worker between two dumps; the proxy's time, when it
+            # falls in that window, says when more finely.
+            if unix.earliest_ns - PROXY_ROUNDING_NS <= proxy <= unix.first_seen_ns:
+                return Ready(max(proxy, unix.earliest_ns), "header", True)
+            return Ready(unix.arrival_ns, "kernel", True)
+        if proxy:
+            return Ready(proxy, "header", False)
         return None
 
     def forget(self, pid: int) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
+from wsgiwatch.kernel import visibility
 from wsgiwatch.sidecar import accumulate as acc
 
 if TYPE_CHECKING:
@@ -103,6 +104,22 @@ class SidecarCollector:
             limit.add_metric([name], cap)
         yield backlog
         yield limit
+        unseen = GaugeMetricFamily(
+            "wsgiwatch_kernel_unseen_workers",
+            "Workers whose sockets the sidecar cannot see, by reason (not_dumpable, "
+            "other_user, other_netns, no_sock_diag): their stalls and backlog go unseen.",
+            labels=["reason"],
+        )
+        reasons = list(monitor.kernel_unseen().values())
+        for reason in visibility.REASONS:
+            unseen.add_metric([reason], reasons.count(reason))
+        yield unseen
+        yield GaugeMetricFamily(
+            "wsgiwatch_spool_dir_refused",
+            "1 when workers of the sidecar's user would refuse the spool directory (owner, "
+            "mode): they record nothing; /healthz says why.",
+            value=1.0 if monitor.spool_dir_problem else 0.0,
+        )
 
     def _workers(self) -> Iterable[Metric]:
         monitor = self.monitor

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 
-from wsgiwatch.kernel import KernelSnapshot, TcpSocket, UnixSocket
+from wsgiwatch.kernel import KernelSnapshot, TcpSocket
 
 LISTEN = "LISTEN"
 ESTABLISHED = "ESTABLISHED"
@@ -83,11 +83,15 @@ def classify(
     inodes_by_pid: Mapping[int, set[int]],
     serving: Mapping[int, set[tuple[str, int]]],
     served: Mapping[int, Container[tuple[str, int]]],
+    unnamed: Mapping[int, int] | None = None,
 ) -> tuple[list[Waiting], int]:
     """(connections waiting inside workers, connections in the kernel backlog).
 
     ``serving``: per pid, the peers its scoreboard shows being served now; ``served``: per
-    pid, peers it has answered before."""
+    pid, peers it has answered before; ``unnamed``: per pid, how many of the requests it
+    serves have no peer port to find their connection by (bjoern, uWSGI pass none). Those
+    connections are among the candidates: the ones that came first, since a worker takes
+    requests in the order they came, so that many of the oldest are dropped."""
     ports = {s.local_port for s in listeners}
     owner: dict[int, int] = {}
     for pid, inodes in inodes_by_pid.items():
@@ -111,34 +115,8 @@ def classify(
         if arrival is None:  # no tcp_info: it is waiting now, since when is unknown
             arrival = snapshot.midpoint_ns
         waiting.append(Waiting(holder, sock.peer_addr, sock.peer_port, arrival, sock.rqueue > 0))
+    for pid, count in (unnamed or {}).items():
+        mine = sorted((w for w in waiting if w.pid == pid), key=lambda w: w.arrival_ns)
+        dropped = set(map(id, mine[:count]))
+        waiting = [w for w in waiting if id(w) not in dropped]
     return waiting, backlog
-
-
-# -- unix-socket listeners (gunicorn behind nginx on a socket) -----------------------------
-# Unix sockets carry no peer port and no last-data times: a worker's accepted connection
-# with unread bytes while the worker is at capacity is a stall, aged from when we first saw
-# it; the listener's own queue is the kernel backlog. Queue waits of finished requests need
-# the accept hook there.
-
-
-def unix_listeners(
-    snapshot: KernelSnapshot, inodes_by_pid: Mapping[int, set[int]]
-) -> list[UnixSocket]:
-    held: set[int] = set().union(*inodes_by_pid.values()) if inodes_by_pid else set()
-    return [s for s in snapshot.unix if s.state == LISTEN and s.inode in held and s.path]
-
-
-def unix_unread(
-    snapshot: KernelSnapshot, listeners: list[UnixSocket], inodes_by_pid: Mapping[int, set[int]]
-) -> dict[int, list[UnixSocket]]:
-    """Per pid, its accepted unix connections on our listeners with unread bytes."""
-    paths = {s.path for s in listeners}
-    owner = {inode: pid for pid, inodes in inodes_by_pid.items() for inode in inodes}
-    out: dict[int, list[UnixSocket]] = {}
-    for sock in snapshot.unix:
-        if sock.state == LISTEN or sock.path not in paths or sock.rqueue <= 0:
-            continue
-        pid = owner.get(sock.inode)
-        if pid is not None:
-            out.setdefault(pid, []).append(sock)
-    return out

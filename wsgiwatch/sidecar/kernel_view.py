@@ -13,17 +13,11 @@ from collections.abc import Collection, Container, Mapping, Sequence
 
 import structlog
 
-from wsgiwatch.kernel import KernelError, KernelObserver, KernelSnapshot, UnixSocket
+from wsgiwatch.kernel import KernelError, KernelObserver, KernelSnapshot, visibility
 from wsgiwatch.kernel.socket_watch import SocketWatch
 from wsgiwatch.sidecar.arrivals import serving
-from wsgiwatch.sidecar.connections import (
-    Waiting,
-    classify,
-    find_listeners,
-    listener_label,
-    unix_listeners,
-    unix_unread,
-)
+from wsgiwatch.sidecar.connections import Waiting, classify, find_listeners, listener_label
+from wsgiwatch.sidecar.unix_waits import UnixWaits, held_connections, unix_listeners
 from wsgiwatch.sidecar.workers import Worker
 
 log = structlog.get_logger("wsgiwatch.sidecar")
@@ -40,8 +34,8 @@ class KernelView:
         self.listen_backlog: dict[str, tuple[int, int]] = {}  # listener -> (queued, limit)
         self.backlog_connections = 0  # connections in the accept queues, held by no process
         self.waiting: list[Waiting] = []  # TCP connections waiting inside a worker
-        self.unix_unread: dict[int, list[UnixSocket]] = {}  # pid -> unread unix connections
-        self.unix_first_seen: dict[int, int] = {}  # inode -> when we first saw it unread
+        self.unix = UnixWaits()  # unix connections waiting inside a worker
+        self.blind: dict[int, str] = {}  # pid -> why we cannot see its sockets
         self.notices: tuple[str, ...] = ()
         self._error_logged = False
 
@@ -64,21 +58,44 @@ class KernelView:
             if not self._error_logged:
                 self._error_logged = True
                 log.error("kernel.dump_failed", error=str(exc))
+            self._note_blind(live, self.sockets.inodes, failed=True)
             return None
         self.notices = snapshot.notices
+        self._note_blind(live, inodes, failed=bool(snapshot.notices))
         listeners = find_listeners(snapshot, inodes, ports)
         unix = unix_listeners(snapshot, inodes)
         backlog = {listener_label(s): (s.rqueue, s.wqueue) for s in listeners}
         backlog.update({f"unix:{s.path}": (s.rqueue, s.wqueue) for s in unix})
         self.listen_backlog = backlog
-        self.unix_unread = unix_unread(snapshot, unix, inodes)
-        seen = {s.inode for socks in self.unix_unread.values() for s in socks}
-        self.unix_first_seen = {i: self.unix_first_seen.get(i, now) for i in seen}
+        held = held_connections(snapshot, unix, inodes)
+        self.unix.update(snapshot, held, {w.pid: w.busy for w in live}, now)
         busy = {w.pid: serving(w.slots) for w in live}
+        unnamed = {w.pid: sum(1 for s in w.slots if not s.peer_port) for w in live}
         self.waiting, self.backlog_connections = classify(
-            snapshot, listeners, inodes, busy, answered
+            snapshot, listeners, inodes, busy, answered, {p: n for p, n in unnamed.items() if n}
         )
         return snapshot
+
+    def _note_blind(
+        self, live: Sequence[Worker], inodes: Mapping[int, set[int]], failed: bool
+    ) -> None:
+        """Which workers we cannot see, and why (``visibility``); logged once per worker."""
+        blind: dict[int, str] = {}
+        for w in live:
+            reason = visibility.NO_SOCK_DIAG if failed else None
+            if reason is None:
+                reason = self.observer.blindness(w.pid, fds_seen=bool(inodes.get(w.pid)))
+            if reason is not None:
+                blind[w.pid] = reason
+                if w.pid not in self.blind:
+                    log.warning(
+                        "kernel.worker_unseen",
+                        pid=w.pid,
+                        worker=w.index,
+                        reason=reason,
+                        remedy=visibility.REMEDIES[reason],
+                    )
+        self.blind = blind
 
     @property
     def usable(self) -> bool:

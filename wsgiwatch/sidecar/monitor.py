@@ -17,9 +17,10 @@ import time
 from collections.abc import Collection, Iterable
 from typing import Any
 
+import structlog
 from prometheus_client.metrics_core import Metric
 
-from wsgiwatch.kernel import KernelObserver
+from wsgiwatch.kernel import KernelObserver, visibility
 from wsgiwatch.kernel import supported as kernel_supported
 from wsgiwatch.sidecar import accumulate as acc
 from wsgiwatch.sidecar.accounting import Accountant, Tallies
@@ -29,12 +30,14 @@ from wsgiwatch.sidecar.detect import Run
 from wsgiwatch.sidecar.incidents import IncidentLog
 from wsgiwatch.sidecar.kernel_view import KernelView
 from wsgiwatch.sidecar.processes import ProcessSampler
+from wsgiwatch.sidecar.spool_dir import spool_dir_problem
 from wsgiwatch.sidecar.stalls import Stall, find_stalls
 from wsgiwatch.sidecar.views import (
     Incident,
     LiveState,
     RecentRequests,
     StallView,
+    UnseenWorker,
     WorkerView,
     peer_text,
 )
@@ -50,6 +53,8 @@ DRAIN_AT = 0.25
 #: worker (its cost grows with the workers).
 HEADS_EVERY_S = 0.05
 HEADS_PER_WORKER_S = 0.002
+
+log = structlog.get_logger("wsgiwatch.sidecar")
 
 
 class Monitor:
@@ -75,7 +80,7 @@ class Monitor:
         if use_kernel and kernel_supported:
             self.kernel = KernelView(kernel or KernelObserver(procfs_root), listener_ports or ())
         self.tallies = Tallies(route_limit)
-        self.arrivals = ArrivalJoin()
+        self.arrivals = ArrivalJoin(self.kernel.unix if self.kernel is not None else None)
         self.incident_log = IncidentLog()
         self.accountant = Accountant(
             self.tallies, self.arrivals, self.incident_log, self.threshold_ns
@@ -89,6 +94,7 @@ class Monitor:
         self._read_at: dict[int, tuple[int, int]] = {}
         self._drain_by: float | None = None
         self._heads_read_at = 0.0
+        self.spool_dir_problem: str | None = None  # why workers would refuse the directory
         self.poll_durations = acc.Histogram(acc.POLL_BUCKETS)
         self.polls = 0
         self.last_poll_mono = 0.0
@@ -97,6 +103,7 @@ class Monitor:
     # -- the poll ----------------------------------------------------------------------------
     def poll(self) -> None:
         started = time.monotonic()
+        self._check_spool_dir()
         self.registry.refresh()
         workers = list(self.registry.workers.values())
         live = [w for w in workers if w.alive]
@@ -130,11 +137,12 @@ class Monitor:
         self.stalls = find_stalls(
             live,
             kernel_waiting=kernel_waiting,
-            unix_unread=kernel.unix_unread if kernel is not None else {},
-            unix_first_seen=kernel.unix_first_seen if kernel is not None else {},
+            unix_waiting=kernel.unix.waiting_now() if kernel is not None else (),
             pending_accepts=self.arrivals.pending_accepts(),
             now=now,
         )
+        for worker, _ in self.stalls:
+            worker.accepts_when_full = True
         self.processes.sample(live)
         for worker in workers:
             if not worker.alive:  # drained above: its last records are in
@@ -188,6 +196,12 @@ class Monitor:
             if header.ring_head - worker.reader.cursor >= DRAIN_AT * header.ring_capacity:
                 return now
         return due
+
+    def _check_spool_dir(self) -> None:
+        problem = spool_dir_problem(self.spool_dir, workers=len(self.registry.live()))
+        if problem is not None and problem != self.spool_dir_problem:
+            log.warning("spool.dir_refused", path=self.spool_dir, problem=problem)
+        self.spool_dir_problem = problem
 
     def _read_scoreboard(self, worker: Worker) -> None:
         worker.header = worker.reader.header()
@@ -251,6 +265,7 @@ class Monitor:
                 for name, (q, cap) in sorted(self.listen_backlog().items())
             ],
             "kernel": self.kernel_usable(),
+            "kernel_unseen_workers": self.unseen_views(),
             "threshold_s": self.threshold_ns / 1e9,
         }
 
@@ -288,10 +303,29 @@ class Monitor:
             "last_poll_duration_s": self.last_poll_duration,
             "poll_interval_s": self.poll_interval_s,
             "spool_dir": self.spool_dir,
+            "spool_dir_problem": self.spool_dir_problem,
             "workers": len(self.registry.live()),
             "kernel": self.kernel_usable(),
             "kernel_notices": list(self.kernel.notices) if self.kernel is not None else [],
+            "kernel_unseen_workers": self.unseen_views(),
         }
+
+    def kernel_unseen(self) -> dict[int, str]:
+        """pid -> why the kernel view cannot see that live worker's sockets."""
+        return dict(self.kernel.blind) if self.kernel is not None else {}
+
+    def unseen_views(self) -> list[UnseenWorker]:
+        by_pid = {w.pid: w for w in self.registry.live()}
+        return [
+            {
+                "worker": by_pid[pid].index,
+                "pid": pid,
+                "reason": reason,
+                "remedy": visibility.REMEDIES[reason],
+            }
+            for pid, reason in sorted(self.kernel_unseen().items())
+            if pid in by_pid
+        ]
 
     # -- facts the collector and the views share ---------------------------------------------
     def kernel_usable(self) -> bool:

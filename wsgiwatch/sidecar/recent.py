@@ -27,6 +27,9 @@ __all__ = ["RECENT_BYTES", "Outcome", "RecentBuffer"]
 RECENT_BYTES = 16 << 20
 
 
+_NO_PHASES: dict[str, float] = {}
+
+
 class Outcome:
     """What the sidecar concluded about one finished request (filled in as it learns)."""
 
@@ -34,6 +37,7 @@ class Outcome:
         "blocked",
         "blockers",
         "misrouted",
+        "phases",
         "ready_ns",
         "record",
         "wait_s",
@@ -50,6 +54,7 @@ class Outcome:
         self.blocked = False
         self.misrouted = False
         self.blockers: list[BlockerRef] = []
+        self.phases: dict[str, float] = _NO_PHASES  # replaced, never mutated
 
     def view(self) -> RequestView:
         r = self.record
@@ -72,6 +77,7 @@ class Outcome:
             "blocked": self.blocked,
             "misrouted": self.misrouted,
             "blockers": [dict(b) for b in self.blockers],  # type: ignore[misc]
+            "phases": dict(self.phases),
         }
 
 
@@ -88,7 +94,9 @@ def _fixed_bytes() -> int:
     )
     ints = 16 * sys.getsizeof(big)
     strings = 2 * sys.getsizeof("")  # peer and route (method and source are shared)
-    return sys.getsizeof(Outcome(0, record)) + sys.getsizeof(record) + ints + strings + 8
+    phases = sys.getsizeof({"process": 0.0}) + sys.getsizeof(0.5)  # where it waited
+    outcome = sys.getsizeof(Outcome(0, record))
+    return outcome + sys.getsizeof(record) + ints + strings + phases + 8
 
 
 ENTRY_BYTES = _fixed_bytes()

@@ -1,10 +1,12 @@
 """The sidecar's HTTP side, next to its poll loop.
 
 A background thread (:class:`~wsgiwatch.sidecar.poll_loop.PollLoop`) calls
-``monitor.poll()`` on a fixed-rate schedule; a threaded werkzeug server answers scrapes
-meanwhile, so a slow poll never makes a scrape wait. ``collect()``, ``incidents()`` and
-``health()`` are therefore called while a poll may be running in another thread: the
-monitor must allow that.
+``monitor.poll()`` on a fixed-rate schedule; a :class:`~wsgiwatch.sidecar.bounded_http.
+BoundedHTTPServer` answers scrapes meanwhile, so a slow poll never makes a scrape wait, and
+a flood of connections or slow clients cannot take its threads, memory or time (one I/O
+thread, two answering threads, at most 256 connections, timeouts on every stage).
+``collect()``, ``incidents()`` and ``health()`` are therefore called while a poll may be
+running in another thread: the monitor must allow that.
 
 Routes:
 
@@ -19,13 +21,20 @@ Routes:
   timeline`` and ``diagnose`` read it).
 - ``/api/state``: ``monitor.state()``: workers and what each runs now, stalls, kernel
   backlogs (``wsgiwatch top`` reads it).
+
+Client addresses: ``/api/requests``, ``/api/incidents`` and ``/api/state`` show each
+request's ``peer`` (the client's address and port, as the worker saw it: the front proxy's
+behind one). ``peer_addresses=False`` (``wsgiwatch sidecar --peer-addresses hide``) puts a
+keyed hash there instead (:class:`PeerPseudonyms`); nothing else about a client is ever
+recorded or served (docs/privacy.md).
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
-import logging
+import secrets
 import signal
 import socket
 import threading
@@ -37,9 +46,9 @@ import structlog
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
-from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
+from wsgiwatch.sidecar.bounded_http import BoundedHTTPServer
 from wsgiwatch.sidecar.contract import MonitorProtocol
 from wsgiwatch.sidecar.poll_loop import STOP_JOIN_TIMEOUT_S, PollLoop
 
@@ -52,8 +61,39 @@ MAX_INCIDENTS = 1000
 #: Largest ``since`` (seconds) accepted by /api/requests; the monitor keeps fewer anyway.
 MAX_SINCE_S = 86400.0
 DEFAULT_SINCE_S = 60.0
-#: How often the HTTP thread checks for shutdown (socketserver's default is 0.5 s).
+#: How often the HTTP thread checks for shutdown and timeouts.
 SHUTDOWN_POLL_S = 0.1
+#: Open HTTP connections kept at most (past it the least recently active one is closed),
+#: and threads that answer requests (one more thread does all the socket I/O).
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_HTTP_WORKERS = 2
+
+
+class PeerPseudonyms:
+    """What ``peer_addresses=False`` puts where a client's address and port were: a keyed
+    hash (``peer-`` and 12 hex digits), so one connection keeps one name (``diagnose``
+    still counts connections per worker, ``timeline`` still tells clients apart) while the
+    address cannot be recovered or matched across sidecar restarts (a new random key each
+    time)."""
+
+    def __init__(self) -> None:
+        self._key = secrets.token_bytes(16)
+
+    def name(self, peer: str) -> str:
+        digest = hashlib.blake2b(peer.encode(), key=self._key, digest_size=6).hexdigest()
+        return f"peer-{digest}"
+
+    def scrub(self, data: Any) -> Any:
+        """``data`` with every ``peer`` value replaced, at any depth (requests, their
+        blockers, incidents' victims, stalls)."""
+        if isinstance(data, dict):
+            return {
+                key: self.name(str(value)) if key == "peer" and value else self.scrub(value)
+                for key, value in data.items()
+            }
+        if isinstance(data, list):
+            return [self.scrub(item) for item in data]
+        return data
 
 
 class _LoopCollector:
@@ -87,9 +127,13 @@ def _text(body: str, status: int) -> Response:
 class SidecarApp:
     """The WSGI application behind the sidecar's HTTP port."""
 
-    def __init__(self, monitor: MonitorProtocol, loop: PollLoop) -> None:
+    def __init__(
+        self, monitor: MonitorProtocol, loop: PollLoop, *, peer_addresses: bool = True
+    ) -> None:
         self.monitor = monitor
         self.loop = loop
+        self.peer_addresses = peer_addresses
+        self._pseudonyms = PeerPseudonyms()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(monitor)
         self.registry.register(_LoopCollector(loop))
@@ -114,6 +158,9 @@ class SidecarApp:
         else:
             response = handler(request)
         return response(environ, start_response)
+
+    def _peers(self, data: Any) -> Any:
+        return data if self.peer_addresses else self._pseudonyms.scrub(data)
 
     def metrics(self, request: Request) -> Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
@@ -152,7 +199,7 @@ class SidecarApp:
         except Exception:
             log.exception("sidecar.incidents_failed")
             return _json({"error": "reading incidents failed, see the sidecar's log"}, 500)
-        return _json({"incidents": found})
+        return _json({"incidents": self._peers(found)})
 
     def requests(self, request: Request) -> Response:
         raw = request.args.get("since", str(DEFAULT_SINCE_S))
@@ -169,7 +216,7 @@ class SidecarApp:
         except Exception:
             log.exception("sidecar.requests_failed")
             return _json({"error": "reading recent requests failed, see the sidecar's log"}, 500)
-        return _json(found)
+        return _json(self._peers(found))
 
     def state(self, request: Request) -> Response:
         try:
@@ -177,20 +224,7 @@ class SidecarApp:
         except Exception:
             log.exception("sidecar.state_failed")
             return _json({"error": "reading the live state failed, see the sidecar's log"}, 500)
-        return _json(found)
-
-
-class _RequestHandler(WSGIRequestHandler):
-    # Keep-alive for scrapers; set here so werkzeug does not patch the shared base class.
-    protocol_version = "HTTP/1.1"
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass  # a scrape every few seconds is not an event worth a log line
-
-    def log(self, type: str, message: str, *args: Any) -> None:
-        # http.server's own complaints (malformed requests and the like).
-        level = logging.WARNING if type == "error" else logging.INFO
-        log.log(level, "sidecar.http", peer=self.address_string(), message=message % args)
+        return _json(self._peers(found))
 
 
 class SidecarServer:
@@ -208,21 +242,18 @@ class SidecarServer:
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
         poll_interval_s: float = 0.5,
+        peer_addresses: bool = True,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        http_workers: int = DEFAULT_HTTP_WORKERS,
     ) -> None:
         self.monitor = monitor
         self.loop = PollLoop(monitor, poll_interval_s)
-        self.app = SidecarApp(monitor, self.loop)
-        # Bound here rather than by werkzeug, which answers a taken port with sys.exit(1).
+        self.app = SidecarApp(monitor, self.loop, peer_addresses=peer_addresses)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.create_server((host, port), family=family, backlog=128) as listener:
-            self._http = make_server(
-                host,
-                port,
-                self.app,
-                threaded=True,
-                request_handler=_RequestHandler,
-                fd=listener.fileno(),  # werkzeug uses a duplicate of it
-            )
+        listener = socket.create_server((host, port), family=family, backlog=128)
+        self._http = BoundedHTTPServer(
+            listener, self.app, max_connections=max_connections, workers=http_workers
+        )
         self.host = host
         self.port: int = self._http.socket.getsockname()[1]
         self._http_thread = threading.Thread(

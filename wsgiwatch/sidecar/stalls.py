@@ -1,18 +1,19 @@
 """Live stalls: requests in a worker, not being served, while that worker is at capacity.
 
 The kernel's view says which connections wait inside which worker (TCP: with their
-arrival; unix sockets: aged from when we first saw them). Without the kernel, the accept
-hook's "accepted, not started" is all there is: a connection that never sends (a TCP
-health check) looks the same until it expires, so those expire sooner.
+arrival; unix sockets: with the arrival :mod:`wsgiwatch.sidecar.unix_waits` estimates).
+Without the kernel, the accept hook's "accepted, not started" is all there is: a
+connection that never sends (a TCP health check) looks the same until it expires, so
+those expire sooner.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
-from wsgiwatch.kernel import UnixSocket
 from wsgiwatch.sidecar.arrivals import PeerKey, peer_key
 from wsgiwatch.sidecar.connections import Waiting
+from wsgiwatch.sidecar.unix_waits import UnixWait
 from wsgiwatch.sidecar.workers import Worker
 
 #: Without the kernel's view, an accept with no request after this long is not a stall.
@@ -25,8 +26,7 @@ def find_stalls(
     live: Sequence[Worker],
     *,
     kernel_waiting: Iterable[Waiting] | None,
-    unix_unread: Mapping[int, list[UnixSocket]],
-    unix_first_seen: Mapping[int, int],
+    unix_waiting: Iterable[UnixWait],
     pending_accepts: Iterable[tuple[PeerKey, int]],
     now: int,
 ) -> list[Stall]:
@@ -37,15 +37,12 @@ def find_stalls(
         worker = full.get(item.pid)
         if worker is not None:
             stalls[peer_key(item.pid, item.peer_addr, item.peer_port)] = (worker, item)
-    for pid, socks in unix_unread.items():
-        worker = full.get(pid)
-        if worker is None:
-            continue
-        for sock in socks:
-            first_seen = unix_first_seen.get(sock.inode, now)
-            stalls[(pid, "unix", sock.inode)] = (
+    for wait in unix_waiting:
+        worker = full.get(wait.pid)
+        if worker is not None:
+            stalls[(wait.pid, "unix", wait.inode)] = (
                 worker,
-                Waiting(pid, "unix", sock.inode, first_seen, True),
+                Waiting(wait.pid, "unix", wait.inode, wait.arrival_ns, True),
             )
     if kernel_waiting is None:
         for (pid, peer, port), ready_ns in pending_accepts:

@@ -26,19 +26,21 @@ def judge(
     worker: Worker,
     record: Record,
     ready_ns: int,
-    source: str,
+    inside: bool,
     workers: Sequence[Worker],
     *,
     threshold_ns: int,
     now_ns: int,
 ) -> Verdict | None:
-    """The verdict on ``record``, which became ready at ``ready_ns`` (per ``source``);
-    None when it was not blocked."""
+    """The verdict on ``record``, which became ready at ``ready_ns``; ``inside``: the source
+    knows the wait was inside the worker. None when it was not blocked."""
     if queue_wait_ns(record.entry_ns, ready_ns) <= threshold_ns:
         return None
-    if source == "header":
-        # A proxy's timestamp also covers the proxy and the kernel backlog, where waiting is
-        # healthy: it sizes the wait, but cannot say the process was at fault.
+    if not inside and not worker.accepts_when_full:
+        # A proxy's time alone also covers the proxy and the kernel backlog, where waiting
+        # is healthy (a gunicorn sync worker's queue is all backlog). It counts only for a
+        # worker seen holding waiting connections while at capacity (gthread, waitress),
+        # and only for the time the worker was at capacity, below.
         return None
     me = (record.pid, record.request)
     others = [r for r in worker.recent_runs() if (r.pid, r.request) != me]

@@ -54,6 +54,16 @@ class RequestView(TypedDict):
     blocked: bool
     misrouted: bool
     blockers: list[BlockerRef]
+    phases: dict[str, float]  # proxy, backlog, process: where the wait was spent (seconds)
+
+
+class UnseenWorker(TypedDict):
+    """A live worker whose sockets the sidecar cannot see (``wsgiwatch.kernel.visibility``)."""
+
+    worker: int
+    pid: int
+    reason: str  # not_dumpable, other_user, other_netns, no_sock_diag
+    remedy: str
 
 
 class RecentRequests(TypedDict):
@@ -114,6 +124,7 @@ class LiveState(TypedDict):
     stalls: list[StallView]
     listeners: list[ListenerView]
     kernel: bool  # the kernel's view of sockets is in use
+    kernel_unseen_workers: list[UnseenWorker]  # workers that view cannot see, and why
     threshold_s: float
 
 

@@ -39,6 +39,9 @@ class Worker:
     running: list[Run] = field(default_factory=list)
     last_lost: int = 0  # records its reader found overwritten, as its header counts them
     rss: int | None = None
+    #: Seen holding a waiting connection while at capacity: a greedy acceptor (gthread,
+    #: waitress), where a proxy's time alone may count toward a blocking verdict.
+    accepts_when_full: bool = False
 
     @property
     def pid(self) -> int:

@@ -100,6 +100,10 @@ OFF_READER_CURSOR: Final = 112  # Q: written by the reader: next sequence it wil
 OFF_READER_LOST: Final = 120  # Q: written by the reader: records overwritten before it read them
 OFF_SERVER: Final = 128  # 32s: SERVER_SOFTWARE of the first request, for advice
 SERVER_FIELD: Final = struct.Struct("<32s")
+OFF_TIMES_REJECTED: Final = 160  # Q: accept or proxy times rejected as implausible
+OFF_SPOOLS_LOST: Final = 168  # Q: earlier spools of this process removed or truncated under it
+OFF_RECORDS_LOST_WITH_SPOOL: Final = 176  # Q: records unread in those when they were replaced
+OFF_RESERVED: Final = 184  # zeroes up to HEADER_SIZE
 U32: Final = struct.Struct("<I")
 U64: Final = struct.Struct("<Q")
 

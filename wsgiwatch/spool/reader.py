@@ -9,13 +9,13 @@ file and the field; it never crashes the reader with anything else.
 from __future__ import annotations
 
 import dataclasses
-import mmap
 import os
 import time
 from dataclasses import dataclass
 
 from wsgiwatch.errors import SpoolFormatError, SpoolNotReady
 from wsgiwatch.spool import layout as fmt
+from wsgiwatch.spool.spool_file import open_spool_file, pread_exact
 
 __all__ = [
     "AcceptEvent",
@@ -24,6 +24,7 @@ __all__ = [
     "SlotState",
     "SpoolFormatError",
     "SpoolHeader",
+    "SpoolNotReady",
     "SpoolReader",
     "list_spools",
     "queue_wait_ns",
@@ -33,6 +34,16 @@ __all__ = [
 #: to a writer that died mid-write (or was stopped): give up on it and count it torn.
 STUCK_ENTRY_TIMEOUT_NS = 2_000_000_000
 #: (or sooner, when the records published after it fill half the ring: see read_records)
+#: Ten times the fastest a worker publishes records (the C path takes about 1 us per
+#: request): a ring head further ahead of the cursor than this pace allows since the last
+#: read was not written by a worker, and is not followed.
+MAX_RECORDS_PER_S = 10_000_000
+#: The pace above is applied over at least this long (clock reads a few us apart).
+MIN_ELAPSED_NS = 1_000_000
+#: Most ring entries one call copies and decodes (bounds the memory of one call).
+READ_BATCH = 16_384
+#: Ring entries per copy when reading the stamps of a whole ring (after an implausible head).
+SCAN_CHUNK = 4096
 
 
 def queue_wait_ns(entry_ns: int, ready_ns: int) -> int:
@@ -257,113 +268,70 @@ def _source(code: int) -> str:
 class SpoolReader:
     """Follows one spool file. ``track=True`` (the sidecar) also writes its cursor and its
     loss count into the header, so a restarted sidecar resumes and the writer's side of the
-    file shows what was lost; ``track=False`` only reads."""
+    file shows what was lost; ``track=False`` only reads.
+
+    Nothing is mapped: every read is a ``pread`` copy (see :mod:`wsgiwatch.spool.spool_file`
+    for why), checked for length, so a file truncated under the reader raises
+    :class:`SpoolFormatError` naming the offset. Torn entries are detected as with a mapping:
+    a region is copied twice, and an entry is kept when its stamp was right in the first copy
+    (it was whole before the second copy began) and in the second (no new lap began before
+    its body was copied: the kernel copies forward, body before stamp).
+
+    Ring heads are hints written by the worker, and anyone who can write the file can write
+    them: a head further ahead than any worker could publish since the last read is not
+    followed (that once moved a cursor to 2**63 for good); the real head is read off the
+    entries' own stamps instead, and :attr:`resyncs` counts each such event.
+    """
 
     def __init__(self, path: str, *, track: bool = True) -> None:
         self.path = path
-        self._mm = self._map(path, track)
-        self.track = track and self._writable
-        h = self.header()
-        self.pid = h.pid
-        self.start_ticks = h.start_ticks
-        self._slot_count = h.slot_count
-        self._ring = h.ring_capacity
-        self._accepts = h.accept_capacity
-        self._record_base = fmt.HEADER_SIZE + h.slot_count * fmt.SLOT_SIZE
-        self._accept_base = self._record_base + h.ring_capacity * fmt.RECORD_SIZE
-        oldest = max(0, h.ring_head - h.ring_capacity)
-        # A tracking reader resumes where the last one stopped, so what was overwritten
-        # meanwhile (or before any reader came) is counted lost, not silently skipped.
-        self.cursor = h.reader_cursor if self.track else oldest
-        self.accept_cursor = max(0, h.accept_head - h.accept_capacity)
+        fd, writable, geometry = open_spool_file(path, writable=track)
+        self._fd = fd
+        self._closed = False
+        self.track = track and writable
+        self._slot_count = geometry.slot_count
+        self._ring = geometry.ring_capacity
+        self._accepts = geometry.accept_capacity
+        self._record_base = geometry.record_base
+        self._accept_base = geometry.accept_base
+        #: Implausible ring heads or cursors found and recovered from (see the class doc).
+        self.resyncs = 0
+        self.last_resync = ""
         self._stuck_at = -1
         self._stuck_since = 0
-
-    def _map(self, path: str, track: bool) -> mmap.mmap:
-        self._writable = False
         try:
-            if track:
-                try:
-                    fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
-                    self._writable = True
-                except PermissionError:
-                    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-            else:
-                fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except OSError as exc:
-            raise SpoolFormatError(f"{path}: cannot open: {exc}") from exc
-        try:
-            size = os.fstat(fd).st_size
-            if size < fmt.HEADER_SIZE:
-                raise SpoolFormatError(
-                    f"{path}: {size} bytes, shorter than the {fmt.HEADER_SIZE}-byte header"
-                )
-            access = mmap.ACCESS_WRITE if self._writable else mmap.ACCESS_READ
-            try:
-                mm = mmap.mmap(fd, size, access=access)
-            except (OSError, ValueError) as exc:
-                raise SpoolFormatError(f"{path}: cannot map: {exc}") from exc
-        finally:
-            os.close(fd)
-        try:
-            self._validate(mm, path, size)
-        except SpoolFormatError:
-            mm.close()
+            h = self.header()
+            self.pid = h.pid
+            self.start_ticks = h.start_ticks
+            now = time.monotonic_ns()
+            # Since the file was made (its header may lie: then since boot, still a bound).
+            age = now - h.created_mono_ns if 0 < h.created_mono_ns <= now else now
+            # Checked from zero: a cursor saved in the file may itself be the bad value.
+            head = self._checked_head("ring_head", h.ring_head, 0, self._ring, age)
+            cursor = max(0, head - self._ring)
+            if self.track:
+                # A tracking reader resumes where the last one stopped, so what was
+                # overwritten meanwhile (or before any reader came) is counted lost.
+                cursor = self._checked_cursor("reader_cursor", h.reader_cursor, head, self._ring)
+            self.cursor = cursor
+            accept_head = self._checked_head("accept_head", h.accept_head, 0, self._accepts, age)
+            self.accept_cursor = max(0, accept_head - self._accepts)
+        except BaseException:
+            self.close()
             raise
-        return mm
-
-    @staticmethod
-    def _validate(mm: mmap.mmap, path: str, size: int) -> None:
-        (
-            magic,
-            version,
-            header_size,
-            _pid,
-            _ticks,
-            _wall,
-            _mono,
-            slots,
-            slot_size,
-            ring,
-            record_size,
-            accepts,
-            accept_size,
-            _cap,
-            _ppid,
-        ) = fmt.HEADER_IDENTITY.unpack_from(mm, 0)
-        if magic == b"\0" * 8:
-            raise SpoolNotReady(f"{path}: not initialised yet (magic still zero)")
-        if magic != fmt.MAGIC:
-            raise SpoolFormatError(
-                f"{path}: bad magic {magic!r} at offset 0 (not a wsgiwatch "
-                "spool, or still being created)"
-            )
-        if version != fmt.VERSION:
-            raise SpoolFormatError(
-                f"{path}: format version {version} at offset 8; this "
-                f"wsgiwatch reads version {fmt.VERSION}"
-            )
-        for name, found, want in (
-            ("header_size", header_size, fmt.HEADER_SIZE),
-            ("slot_size", slot_size, fmt.SLOT_SIZE),
-            ("record_size", record_size, fmt.RECORD_SIZE),
-            ("accept_size", accept_size, fmt.ACCEPT_SIZE),
-        ):
-            if found != want:
-                raise SpoolFormatError(f"{path}: {name} is {found}, expected {want}")
-        if not (slots and ring and accepts):
-            raise SpoolFormatError(
-                f"{path}: empty geometry (slots={slots}, ring={ring}, accepts={accepts})"
-            )
-        expected = fmt.spool_size(slots, ring, accepts)
-        if size != expected:
-            raise SpoolFormatError(
-                f"{path}: file is {size} bytes, its header describes "
-                f"{expected} (slots={slots}, ring={ring}, accepts={accepts})"
-            )
+        # Heads already seen bound the next ones (with the time since): see _checked_head.
+        self._records_read_ns = self._accepts_read_ns = now
+        self._ring_head_seen, self._accept_head_seen = head, accept_head
 
     def close(self) -> None:
-        self._mm.close()
+        if not self._closed:
+            self._closed = True
+            os.close(self._fd)
+
+    def __del__(self) -> None:
+        # A reader dropped without close() (as a mapping was unmapped when collected).
+        if not getattr(self, "_closed", True):
+            self.close()
 
     def __enter__(self) -> SpoolReader:
         return self
@@ -371,9 +339,84 @@ class SpoolReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- raw access ------------------------------------------------------------------------
+    def _read(self, size: int, offset: int) -> bytes:
+        return pread_exact(self._fd, size, offset, self.path)
+
+    def _entries(self, first: int, count: int, base: int, size: int, cap: int) -> bytes:
+        """``count`` consecutive ring entries from sequence ``first``, in sequence order."""
+        start = first % cap
+        head_part = min(count, cap - start)
+        data = self._read(head_part * size, base + start * size)
+        if head_part < count:  # wrapped around the end of the ring
+            data += self._read((count - head_part) * size, base)
+        return data
+
+    def _resync(self, message: str) -> None:
+        self.resyncs += 1
+        self.last_resync = message
+
+    def _checked_cursor(self, name: str, cursor: int, head: int, cap: int) -> int:
+        """``cursor``, unless it is ahead of everything the worker has published (a head
+        can trail the newest stamps by the requests finishing at once, never by more than
+        the slots): then the oldest entry the ring may still hold (counted)."""
+        if cursor <= head + self._slot_count + 64:
+            return cursor
+        oldest = max(0, head - cap)
+        self._resync(
+            f"{self.path}: {name} {cursor} is ahead of the head {head}; reading from {oldest}"
+        )
+        return oldest
+
+    def _checked_head(self, name: str, head: int, seen: int, cap: int, elapsed_ns: int) -> int:
+        """``head`` when a worker could have published that far since the reader saw
+        ``seen`` (its cursor or the last head it accepted, ``elapsed_ns`` ago), else the
+        highest sequence the ring's stamps show (counted in :attr:`resyncs`)."""
+        elapsed_ns = max(elapsed_ns, MIN_ELAPSED_NS)
+        bound = seen + cap + MAX_RECORDS_PER_S * elapsed_ns // 1_000_000_000
+        cursor = seen
+        if head <= bound:
+            return head
+        if name == "ring_head":
+            offset, base, size, stamp_at = (
+                fmt.OFF_RING_HEAD,
+                self._record_base,
+                fmt.RECORD_SIZE,
+                fmt.RECORD_SEQ_OFFSET,
+            )
+        else:
+            offset, base, size, stamp_at = (
+                fmt.OFF_ACCEPT_HEAD,
+                self._accept_base,
+                fmt.ACCEPT_SIZE,
+                fmt.ACCEPT_SEQ_OFFSET,
+            )
+        found = max(cursor, self._scan_head(base, size, stamp_at, cap, bound))
+        self._resync(
+            f"{self.path}: {name} {head} at offset {offset} is beyond what a worker could "
+            f"publish (at most {bound}); resynchronised at {found} from the entries' stamps"
+        )
+        return found
+
+    def _scan_head(self, base: int, size: int, stamp_at: int, cap: int, bound: int) -> int:
+        """1 + the highest sequence whose stamp sits in its own ring entry and is below
+        ``bound``; 0 when there is none."""
+        best = 0
+        u64 = fmt.U64.unpack_from
+        for chunk_start in range(0, cap, SCAN_CHUNK):
+            count = min(SCAN_CHUNK, cap - chunk_start)
+            data = self._read(count * size, base + chunk_start * size)
+            for k in range(count):
+                stamp = u64(data, k * size + stamp_at)[0]
+                # Stamps are sequence + 1 and sit in their own entry; INVALID_SEQ is above
+                # any bound, so entries being rewritten never count.
+                if best < stamp <= bound and (stamp - 1) % cap == chunk_start + k:
+                    best = stamp
+        return best
+
     # -- header ----------------------------------------------------------------------------
     def header(self) -> SpoolHeader:
-        mm = self._mm
+        raw = self._read(fmt.HEADER_SIZE, 0)
         (
             _magic,
             _v,
@@ -390,7 +433,7 @@ class SpoolReader:
             _as,
             cap,
             ppid,
-        ) = fmt.HEADER_IDENTITY.unpack_from(mm, 0)
+        ) = fmt.HEADER_IDENTITY.unpack_from(raw, 0)
         u64 = fmt.U64.unpack_from
         u32 = fmt.U32.unpack_from
         return SpoolHeader(
@@ -403,41 +446,53 @@ class SpoolReader:
             accept_capacity=accepts,
             declared_capacity=cap,
             ppid=ppid,
-            flags=u32(mm, fmt.OFF_FLAGS)[0],
-            slot_high_water=u32(mm, fmt.OFF_SLOT_HIGH_WATER)[0],
-            ring_head=u64(mm, fmt.OFF_RING_HEAD)[0],
-            accept_head=u64(mm, fmt.OFF_ACCEPT_HEAD)[0],
-            slots_exhausted=u64(mm, fmt.OFF_SLOTS_EXHAUSTED)[0],
-            write_errors=u64(mm, fmt.OFF_WRITE_ERRORS)[0],
-            reader_cursor=u64(mm, fmt.OFF_READER_CURSOR)[0],
-            reader_lost=u64(mm, fmt.OFF_READER_LOST)[0],
-            server_software=_text(fmt.SERVER_FIELD.unpack_from(mm, fmt.OFF_SERVER)[0], "ascii"),
+            flags=u32(raw, fmt.OFF_FLAGS)[0],
+            slot_high_water=u32(raw, fmt.OFF_SLOT_HIGH_WATER)[0],
+            ring_head=u64(raw, fmt.OFF_RING_HEAD)[0],
+            accept_head=u64(raw, fmt.OFF_ACCEPT_HEAD)[0],
+            slots_exhausted=u64(raw, fmt.OFF_SLOTS_EXHAUSTED)[0],
+            write_errors=u64(raw, fmt.OFF_WRITE_ERRORS)[0],
+            reader_cursor=u64(raw, fmt.OFF_READER_CURSOR)[0],
+            reader_lost=u64(raw, fmt.OFF_READER_LOST)[0],
+            server_software=_text(fmt.SERVER_FIELD.unpack_from(raw, fmt.OFF_SERVER)[0], "ascii"),
         )
 
     # -- records ---------------------------------------------------------------------------
     def read_records(self, limit: int | None = None, *, now_ns: int | None = None) -> ReadResult:
         """Records published since the cursor, oldest first (at most ``limit``)."""
-        mm = self._mm
         ring = self._ring
-        base = self._record_base
-        seq_at = fmt.U64.unpack_from
-        head = seq_at(mm, fmt.OFF_RING_HEAD)[0]
-        i = self.cursor
+        u64 = fmt.U64.unpack_from
+        counters = self._read(fmt.OFF_READER_LOST + 8, 0)
+        wall_now = time.monotonic_ns()
+        head = self._checked_head(
+            "ring_head",
+            u64(counters, fmt.OFF_RING_HEAD)[0],
+            max(self.cursor, self._ring_head_seen),
+            ring,
+            wall_now - self._records_read_ns,
+        )
+        self._records_read_ns, self._ring_head_seen = wall_now, head
+        i = self.cursor = self._checked_cursor("cursor", self.cursor, head, ring)
         lost = torn = 0
         if head > i + ring:
             lost += head - ring - i
             i = head - ring
         out: list[Record] = []
-        budget = ring if limit is None else min(limit, ring)
-        while len(out) < budget:
-            off = base + (i % ring) * fmt.RECORD_SIZE
-            seq_off = off + fmt.RECORD_SEQ_OFFSET
+        budget = min(ring, READ_BATCH) if limit is None else min(limit, ring, READ_BATCH)
+        count = min(budget, max(0, head - i))
+        size = fmt.RECORD_SIZE
+        if count:
+            # Two copies: the first's stamps say which entries were whole before the second
+            # began; the second's bodies are kept when its stamps still agree.
+            first = self._entries(i, count, self._record_base, size, ring)
+            second = self._entries(i, count, self._record_base, size, ring)
+        for k in range(count):
+            at = k * size
             stamp = i + 1  # entries carry their sequence plus one: zeroes are never valid
-            s1 = seq_at(mm, seq_off)[0]
+            s1 = u64(first, at + fmt.RECORD_SEQ_OFFSET)[0]
             if s1 == stamp:
-                raw = mm[off:seq_off]
-                if seq_at(mm, seq_off)[0] == stamp:
-                    out.append(self._record(i, raw))
+                if u64(second, at + fmt.RECORD_SEQ_OFFSET)[0] == stamp:
+                    out.append(self._record(i, second, at))
                 else:
                     lost += 1  # rewritten while we read it: the writer lapped us
                 i += 1
@@ -446,10 +501,8 @@ class SpoolReader:
                 lost += 1  # a newer lap already overwrote it
                 i += 1
                 continue
-            # Not written yet: the end of what is published, or a writer still at work.
-            if i >= head:
-                break
-            now = time.monotonic_ns() if now_ns is None else now_ns
+            # Claimed but not written yet: a writer still at work, or one that died mid-write.
+            now = wall_now if now_ns is None else now_ns
             if self._stuck_at != i:
                 self._stuck_at, self._stuck_since = i, now
                 break
@@ -461,18 +514,20 @@ class SpoolReader:
             i += 1
         self.cursor = i
         if self.track:
-            fmt.U64.pack_into(mm, fmt.OFF_READER_CURSOR, i)
+            os.pwrite(self._fd, fmt.U64.pack(i), fmt.OFF_READER_CURSOR)
             if lost:
-                total = seq_at(mm, fmt.OFF_READER_LOST)[0] + lost
-                fmt.U64.pack_into(mm, fmt.OFF_READER_LOST, total)
+                total = u64(counters, fmt.OFF_READER_LOST)[0] + lost
+                os.pwrite(
+                    self._fd, fmt.U64.pack(total & 0xFFFF_FFFF_FFFF_FFFF), fmt.OFF_READER_LOST
+                )
         return ReadResult(out, lost, torn)
 
-    def _record(self, seq: int, raw: bytes) -> Record:
+    def _record(self, seq: int, raw: bytes, at: int = 0) -> Record:
         (request, entry, accept, arrival, tid, peer_port, method, source, peer, route) = (
-            fmt.SLOT.unpack_from(raw, 0)
+            fmt.SLOT.unpack_from(raw, at)
         )
         (headers, exit_, proxy, nbytes, status, flags, server_port, slot) = (
-            fmt.RECORD_EXIT.unpack_from(raw, fmt.RECORD_EXIT_OFFSET)
+            fmt.RECORD_EXIT.unpack_from(raw, at + fmt.RECORD_EXIT_OFFSET)
         )
         return make_record(
             seq=seq,
@@ -500,22 +555,27 @@ class SpoolReader:
     # -- scoreboard ------------------------------------------------------------------------
     def scoreboard(self) -> list[SlotState]:
         """The requests running now, one per busy slot."""
-        mm = self._mm
-        busy: list[SlotState] = []
         size = fmt.SLOT_SIZE
+        total = self._slot_count * size
+        # A slot is rewritten in one store: two equal copies are one consistent state. The
+        # whole board is copied once; busy slots (usually few) once more each.
+        board = self._read(total, fmt.HEADER_SIZE)
+        busy: list[SlotState] = []
         for index in range(self._slot_count):
-            off = fmt.HEADER_SIZE + index * size
-            if fmt.SLOT_REQUEST.unpack_from(mm, off)[0] == 0:
+            at = index * size
+            if fmt.SLOT_REQUEST.unpack_from(board, at)[0] == 0:
                 continue
-            # A slot is rewritten in one store: two equal reads are one consistent state.
+            offset = fmt.HEADER_SIZE + at
+            image = board[at : at + size]
             for _attempt in range(3):
-                first = mm[off : off + size]
-                if first == mm[off : off + size]:
+                again = self._read(size, offset)
+                if again == image:
                     break
+                image = again
             else:
                 continue
             (request, entry, accept, arrival, tid, peer_port, method, source, peer, path) = (
-                fmt.SLOT.unpack(first)
+                fmt.SLOT.unpack(image)
             )
             if request:
                 busy.append(
@@ -538,26 +598,39 @@ class SpoolReader:
     # -- accept events ---------------------------------------------------------------------
     def read_accepts(self) -> list[AcceptEvent]:
         """Accept events since the last call (oldest first); overwritten ones are skipped."""
-        mm = self._mm
         cap = self._accepts
-        head = fmt.U64.unpack_from(mm, fmt.OFF_ACCEPT_HEAD)[0]
+        now = time.monotonic_ns()
+        head = self._checked_head(
+            "accept_head",
+            fmt.U64.unpack_from(self._read(8, fmt.OFF_ACCEPT_HEAD), 0)[0],
+            max(self.accept_cursor, self._accept_head_seen),
+            cap,
+            now - self._accepts_read_ns,
+        )
+        self._accepts_read_ns, self._accept_head_seen = now, head
+        self.accept_cursor = self._checked_cursor("accept cursor", self.accept_cursor, head, cap)
         i = max(self.accept_cursor, head - cap)
+        count = max(0, head - i)
         out: list[AcceptEvent] = []
-        while i < head:
-            off = self._accept_base + (i % cap) * fmt.ACCEPT_SIZE
-            seq_off = off + fmt.ACCEPT_SEQ_OFFSET
-            if fmt.U64.unpack_from(mm, seq_off)[0] == i + 1:  # stamps are sequence + 1
-                accept, arrival, peer_port, server_port, _fd, peer = fmt.ACCEPT_BODY.unpack_from(
-                    mm, off
-                )
-                if fmt.U64.unpack_from(mm, seq_off)[0] == i + 1:
+        if count:
+            size = fmt.ACCEPT_SIZE
+            first = self._entries(i, count, self._accept_base, size, cap)
+            second = self._entries(i, count, self._accept_base, size, cap)
+            u64 = fmt.U64.unpack_from
+            for k in range(count):
+                at = k * size
+                stamp = i + k + 1  # stamps are sequence + 1
+                stamp_at = at + fmt.ACCEPT_SEQ_OFFSET
+                if u64(first, stamp_at)[0] == stamp and u64(second, stamp_at)[0] == stamp:
+                    accept, arrival, peer_port, server_port, _fd, peer = (
+                        fmt.ACCEPT_BODY.unpack_from(second, at)
+                    )
                     out.append(
                         AcceptEvent(
-                            i, accept, arrival, peer_port, server_port, _text(peer, "ascii")
+                            i + k, accept, arrival, peer_port, server_port, _text(peer, "ascii")
                         )
                     )
-            i += 1
-        self.accept_cursor = i
+        self.accept_cursor = max(self.accept_cursor, head)
         return out
 
 

@@ -81,14 +81,17 @@ class SpoolWriter:
         "commit",
         "fast",
         "free_slots",
+        "inode",
         "lock",
         "mm",
+        "next_check_ns",
         "path",
         "pid",
         "record_base",
         "record_seq",
         "request_numbers",
         "ring_capacity",
+        "size",
         "slot_count",
     )
 
@@ -100,9 +103,13 @@ class SpoolWriter:
         slot_count: int,
         ring_capacity: int,
         accept_capacity: int,
+        inode: int = 0,
     ) -> None:
         self.mm = mm
         self.path = path
+        self.inode = inode  # the file's, to tell it from another one put at its path
+        self.size = len(mm)
+        self.next_check_ns = 0  # when the middleware next checks that the file is still there
         self.pid = pid
         self.slot_count = slot_count
         self.ring_capacity = ring_capacity
@@ -243,6 +250,9 @@ class SpoolWriter:
         old = fmt.U32.unpack_from(self.mm, fmt.OFF_FLAGS)[0]
         fmt.U32.pack_into(self.mm, fmt.OFF_FLAGS, old | bits)
 
+    def set_counter(self, offset: int, value: int) -> None:
+        fmt.U64.pack_into(self.mm, offset, value)
+
     def set_declared_capacity(self, capacity: int) -> None:
         fmt.U32.pack_into(self.mm, fmt.OFF_DECLARED_CAPACITY, max(0, min(capacity, 0xFFFF)))
 
@@ -308,6 +318,7 @@ def open_spool(
         except OSError:
             pass
         raise
+    inode = os.fstat(fd).st_ino
     os.close(fd)
     # Every field but the magic first, so a reader never sees a valid magic before the
     # geometry it needs.
@@ -331,7 +342,7 @@ def open_spool(
         os.getppid(),
     )
     mm[0:8] = fmt.MAGIC
-    return SpoolWriter(mm, path, pid, slot_count, ring_capacity, accept_capacity)
+    return SpoolWriter(mm, path, pid, slot_count, ring_capacity, accept_capacity, inode)
 
 
 def greenlets_patched() -> bool:

@@ -1,5 +1,6 @@
 /* The spool layout for _speedups.c. GENERATED from wsgiwatch/spool/layout.py and
- * wsgiwatch/worker/call_state.py by `python -m wsgiwatch.worker.layout_header`:
+ * wsgiwatch/worker/call_state.py by `WSGIWATCH_PURE_PYTHON=1 python -m
+ * wsgiwatch.worker.layout_header`:
  * do not edit; tests/worker/test_speedups.py checks that it is current. */
 #ifndef WSGIWATCH_LAYOUT_H
 #define WSGIWATCH_LAYOUT_H
@@ -48,10 +49,14 @@
 #define OFF_FLAGS                       72
 #define OFF_READER_CURSOR               112
 #define OFF_READER_LOST                 120
+#define OFF_RECORDS_LOST_WITH_SPOOL     176
+#define OFF_RESERVED                    184
 #define OFF_RING_HEAD                   80
 #define OFF_SERVER                      128
 #define OFF_SLOTS_EXHAUSTED             96
 #define OFF_SLOT_HIGH_WATER             76
+#define OFF_SPOOLS_LOST                 168
+#define OFF_TIMES_REJECTED              160
 #define OFF_WRITE_ERRORS                104
 #define SOURCE_HOOK                     1
 #define SOURCE_MOD_WSGI                 2
@@ -113,6 +118,7 @@
 #define PROXY_PENDING                   65536
 #define EXHAUSTED                       131072
 #define FINISHED                        262144
+#define TIME_REJECTED                   524288
 
 /* Every name above, for the module's LAYOUT dict (checked by the tests). */
 #define LAYOUT_NAMES(X) \
@@ -160,10 +166,14 @@
     X(OFF_FLAGS) \
     X(OFF_READER_CURSOR) \
     X(OFF_READER_LOST) \
+    X(OFF_RECORDS_LOST_WITH_SPOOL) \
+    X(OFF_RESERVED) \
     X(OFF_RING_HEAD) \
     X(OFF_SERVER) \
     X(OFF_SLOTS_EXHAUSTED) \
     X(OFF_SLOT_HIGH_WATER) \
+    X(OFF_SPOOLS_LOST) \
+    X(OFF_TIMES_REJECTED) \
     X(OFF_WRITE_ERRORS) \
     X(SOURCE_HOOK) \
     X(SOURCE_MOD_WSGI) \
@@ -225,5 +235,6 @@
     X(PROXY_PENDING) \
     X(EXHAUSTED) \
     X(FINISHED) \
+    X(TIME_REJECTED) \
 
 #endif

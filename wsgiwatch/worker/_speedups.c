@@ -24,8 +24,10 @@
 #include <structmember.h>
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -124,6 +126,7 @@ static struct {
     PyObject *wrap_other;      /* wrap_other(call, environ, result): streams, files */
     PyObject *python_call;     /* the pure-Python __call__(watch, environ, start_response) */
     PyObject *log_error;       /* log_internal_error(exception): logs once */
+    PyObject *check_spool;     /* check_spool(spool, now_ns): retires a lost spool */
 } py;
 
 static PyObject *s_REMOTE_ADDR, *s_REMOTE_PORT, *s_PATH_INFO, *s_SCRIPT_NAME,
@@ -189,7 +192,107 @@ typedef struct {
     PyObject *acquire_slot;   /* the writer's acquire_slot(), for an empty free list */
     CounterObject *requests;  /* the writer's request_numbers */
     CounterObject *records;   /* the writer's record_seq */
+    uint64_t next_check_ns;   /* when the next request asks Python whether the file is there */
+    volatile sig_atomic_t lost; /* set by the SIGBUS handler: the file was truncated */
 } SpoolObject;
+
+/* --- a truncated spool must not kill the worker ----------------------------------------
+ * Writing into a shared mapping whose file was truncated (by anyone who can write the
+ * spool directory) raises SIGBUS, which kills the process by default. The handler below
+ * recognises a fault inside a mapping of ours, maps zeroed anonymous memory over the whole
+ * mapping (the faulting store is then retried and lands there, harmlessly) and marks the
+ * spool lost; the next request has Python replace it (check_spool). A SIGBUS anywhere else
+ * goes to whatever handled it before (faulthandler, or the default: the process dies as it
+ * would have without us). The registry is written with the GIL held; the handler only
+ * reads it. */
+#define MAX_MAPPINGS 8
+
+static struct {
+    uintptr_t start; /* 0: a free entry */
+    size_t length;
+    volatile sig_atomic_t *lost;
+} mappings[MAX_MAPPINGS];
+
+static struct sigaction previous_sigbus;
+static int sigbus_installed;
+
+static void
+previous_handler(int sig, siginfo_t *info, void *context)
+{
+    if (previous_sigbus.sa_flags & SA_SIGINFO) {
+        previous_sigbus.sa_sigaction(sig, info, context);
+        return;
+    }
+    if (previous_sigbus.sa_handler == SIG_DFL ||
+        (previous_sigbus.sa_handler == SIG_IGN && info->si_code > 0)) {
+        /* A fault cannot be ignored: the default, as if we had never been here. */
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return;
+    }
+    if (previous_sigbus.sa_handler != SIG_IGN) {
+        previous_sigbus.sa_handler(sig);
+    }
+}
+
+static void
+on_sigbus(int sig, siginfo_t *info, void *context)
+{
+    uintptr_t address = (uintptr_t)info->si_addr;
+    if (info->si_code > 0) { /* sent by the kernel for a fault, not by kill() */
+        for (int i = 0; i < MAX_MAPPINGS; i++) {
+            uintptr_t start = __atomic_load_n(&mappings[i].start, __ATOMIC_ACQUIRE);
+            if (start != 0 && address >= start && address - start < mappings[i].length) {
+                void *zeroes = mmap((void *)start, mappings[i].length, PROT_READ | PROT_WRITE,
+                                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+                if (zeroes != MAP_FAILED) {
+                    *mappings[i].lost = 1;
+                    return;
+                }
+            }
+        }
+    }
+    previous_handler(sig, info, context);
+}
+
+/* Watch a mapping; 0 when it could not be (no free entry, or sigaction failed: the
+ * process is then as safe as it was without wsgiwatch). */
+static int
+watch_mapping(void *start, size_t length, volatile sig_atomic_t *lost)
+{
+    if (!sigbus_installed) {
+        struct sigaction action;
+        memset(&action, 0, sizeof(action));
+        action.sa_sigaction = on_sigbus;
+        action.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
+        sigemptyset(&action.sa_mask);
+        if (sigaction(SIGBUS, &action, &previous_sigbus) != 0) {
+            return 0;
+        }
+        sigbus_installed = 1;
+    }
+    long page = sysconf(_SC_PAGESIZE);
+    size_t rounded = (length + (size_t)page - 1) / (size_t)page * (size_t)page;
+    for (int i = 0; i < MAX_MAPPINGS; i++) {
+        if (mappings[i].start == 0) {
+            mappings[i].length = rounded;
+            mappings[i].lost = lost;
+            __atomic_store_n(&mappings[i].start, (uintptr_t)start, __ATOMIC_RELEASE);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void
+unwatch_mapping(void *start)
+{
+    for (int i = 0; i < MAX_MAPPINGS; i++) {
+        if (mappings[i].start == (uintptr_t)start) {
+            __atomic_store_n(&mappings[i].start, 0, __ATOMIC_RELEASE);
+        }
+    }
+}
 
 static PyTypeObject SpoolType;
 
@@ -213,13 +316,20 @@ spool_commit(SpoolObject *sp, const uint8_t *slot_image, PyObject *route, const 
     __atomic_store_n((uint64_t *)(sp->base + OFF_RING_HEAD), seq + 1, __ATOMIC_RELEASE);
 }
 
+/* Add one to a header counter (under the GIL: no other writer of the process races). */
+static void
+spool_count(SpoolObject *sp, Py_ssize_t offset)
+{
+    if (sp != NULL && sp->base != NULL) {
+        uint64_t *counter = (uint64_t *)(sp->base + offset);
+        __atomic_store_n(counter, *counter + 1, __ATOMIC_RELAXED);
+    }
+}
+
 static void
 spool_count_error(SpoolObject *sp)
 {
-    if (sp != NULL && sp->base != NULL) {
-        uint64_t *counter = (uint64_t *)(sp->base + OFF_WRITE_ERRORS);
-        __atomic_store_n(counter, *counter + 1, __ATOMIC_RELAXED);
-    }
+    spool_count(sp, OFF_WRITE_ERRORS);
 }
 
 /* Something inside wsgiwatch failed: count it and log it (once, in Python), and go on.
@@ -248,6 +358,22 @@ internal_error(SpoolObject *sp)
     Py_XDECREF(type);
     Py_XDECREF(value);
     Py_XDECREF(tb);
+    return 0;
+}
+
+/* Have Python look whether the spool file is still there (one stat) and replace it when
+ * it is not (spool_check.py); it sets the next time. Returns -1 only for an exception that
+ * must propagate. */
+static int
+spool_check(SpoolObject *sp, uint64_t now_ns)
+{
+    sp->next_check_ns = UINT64_MAX; /* if Python fails, it is said once, not per request */
+    PyObject *checked =
+        PyObject_CallFunction(py.check_spool, "OK", (PyObject *)sp, (unsigned long long)now_ns);
+    if (checked == NULL) {
+        return internal_error(sp);
+    }
+    Py_DECREF(checked);
     return 0;
 }
 
@@ -291,6 +417,7 @@ spool_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->acquire_slot = Py_NewRef(acquire_slot);
     self->requests = (CounterObject *)Py_NewRef(requests);
     self->records = (CounterObject *)Py_NewRef(records);
+    watch_mapping(self->view.buf, (size_t)self->view.len, &self->lost);
     return (PyObject *)self;
 }
 
@@ -298,6 +425,7 @@ static void
 spool_release_view(SpoolObject *self)
 {
     if (self->base != NULL) {
+        unwatch_mapping(self->view.buf);
         self->base = NULL;
         PyBuffer_Release(&self->view);
     }
@@ -376,8 +504,23 @@ static PyMethodDef spool_methods[] = {
     {NULL},
 };
 
+static PyObject *
+spool_lost(SpoolObject *self, void *closure)
+{
+    return PyBool_FromLong(self->lost);
+}
+
+static PyMemberDef spool_members[] = {
+    {"next_check_ns", T_ULONGLONG, offsetof(SpoolObject, next_check_ns), 0,
+     PyDoc_STR("when the next request asks check_spool() whether the file is still there")},
+    {NULL},
+};
+
 static PyGetSetDef spool_getset[] = {
     {"released", (getter)spool_released, NULL, PyDoc_STR("True once release() was called"),
+     NULL},
+    {"lost", (getter)spool_lost, NULL,
+     PyDoc_STR("True once a write faulted (the file was truncated): zeroes are mapped there"),
      NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -393,6 +536,7 @@ static PyTypeObject SpoolType = {
     .tp_traverse = (traverseproc)spool_traverse,
     .tp_clear = (inquiry)spool_clear,
     .tp_methods = spool_methods,
+    .tp_members = spool_members,
     .tp_getset = spool_getset,
 };
 
@@ -648,15 +792,21 @@ call_finish(CallObject *self)
         flags |= FLAG_ROUTE_TEMPLATE;
     }
     if (flags & PROXY_PENDING) {
-        PyObject *wall = PyObject_CallOneArg(py.proxy_wall_ns, environ);
+        PyObject *wall = PyObject_CallFunction(py.proxy_wall_ns, "Ok", environ,
+                                               (unsigned long)flags);
         if (wall == NULL) {
             goto failed;
         }
-        proxy_ns = PyLong_AsUnsignedLongLong(wall);
+        long long value = PyLong_AsLongLong(wall);
         Py_DECREF(wall);
-        if (proxy_ns == (uint64_t)-1 && PyErr_Occurred()) {
+        if (value == -1 && PyErr_Occurred()) {
             goto failed;
         }
+        if (value < 0) { /* there, but not believable: counted, not recorded */
+            spool_count(sp, OFF_TIMES_REJECTED);
+            value = 0;
+        }
+        proxy_ns = (uint64_t)value;
     }
     if (self->status != NULL && status_of(self->status, &code) < 0) {
         goto failed;
@@ -715,6 +865,13 @@ release:
     /* Drop the environ early: the server may keep this object a while. */
     self->environ = NULL;
     Py_DECREF(environ);
+    if (exit_ns >= sp->next_check_ns && sp->base != NULL && !PyErr_Occurred()) {
+        /* once a second: is the file still there? */
+        if (spool_check(sp, exit_ns) < 0 && saved_type == NULL) {
+            PyErr_Fetch(&saved_type, &saved_value, &saved_tb);
+        }
+        PyErr_Clear();
+    }
     PyErr_Restore(saved_type, saved_value, saved_tb);
 }
 
@@ -801,9 +958,29 @@ call_clear(CallObject *self)
     return PyList_Type.tp_clear((PyObject *)self);
 }
 
+/* A server that releases the list response without calling close() (bjoern takes the one
+ * item of a one-item list and drops the list, against PEP 3333): the record is written when
+ * the response is released, flagged FLAG_NO_CLOSE_SEEN, so the slot is never left taken.
+ * Only a response handed to the server (EXHAUSTED) and not yet recorded qualifies. */
+static void
+call_finalize(CallObject *self)
+{
+    if ((self->flags & (EXHAUSTED | FINISHED)) != EXHAUSTED || self->spool == NULL) {
+        return;
+    }
+    PyObject *saved_type, *saved_value, *saved_tb;
+    PyErr_Fetch(&saved_type, &saved_value, &saved_tb);
+    self->flags |= FLAG_NO_CLOSE_SEEN;
+    call_finish(self);
+    PyErr_Restore(saved_type, saved_value, saved_tb);
+}
+
 static void
 call_dealloc(CallObject *self)
 {
+    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
+        return; /* resurrected by the finalizer: it lives on */
+    }
     PyObject_GC_UnTrack(self);
     Py_CLEAR(self->spool);
     Py_CLEAR(self->environ);
@@ -847,6 +1024,7 @@ static PyTypeObject CallType = {
     .tp_vectorcall_offset = offsetof(CallObject, vectorcall),
     .tp_call = PyVectorcall_Call,
     .tp_dealloc = (destructor)call_dealloc,
+    .tp_finalize = (destructor)call_finalize,
     .tp_traverse = (traverseproc)call_traverse,
     .tp_clear = (inquiry)call_clear,
     .tp_methods = call_methods,
@@ -861,7 +1039,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *app;
     PyObject *dir;
-    char proxy_headers;
+    int trusted_proxies;
     PyObject *writer;   /* the writer last found in settings.ready[dir], and its Spool */
     SpoolObject *spool;
 } RecorderObject;
@@ -934,6 +1112,21 @@ recorder_call(RecorderObject *self, PyObject *args, PyObject *kwargs)
         return PyObject_CallFunctionObjArgs(self->app, environ, start_response, NULL);
     }
     SpoolObject *sp = (SpoolObject *)spool_obj;
+    if (sp->lost && sp->base != NULL) {
+        /* A write into the spool faulted (the file was truncated): Python retires it, and
+         * this request opens the next one. */
+        if (spool_check(sp, monotonic_ns()) < 0) {
+            return NULL;
+        }
+        spool_obj = recorder_spool(self, environ);
+        if (spool_obj == NULL) {
+            return NULL;
+        }
+        if (spool_obj == Py_None || spool_obj == (PyObject *)sp) { /* none, or still lost */
+            return PyObject_CallFunctionObjArgs(self->app, environ, start_response, NULL);
+        }
+        sp = (SpoolObject *)spool_obj;
+    }
     if (sp->base == NULL) { /* released: the process is closing its spool */
         return PyObject_CallFunctionObjArgs(self->app, environ, start_response, NULL);
     }
@@ -1025,17 +1218,17 @@ recorder_call(RecorderObject *self, PyObject *args, PyObject *kwargs)
         }
     }
 
-    int proxy = self->proxy_headers;
+    int proxies = self->trusted_proxies;
     int mod_wsgi = PyDict_Contains(environ, s_MOD_WSGI_START);
-    int headers = proxy ? (PyDict_Contains(environ, s_X_REQUEST_START) |
+    int headers = proxies ? (PyDict_Contains(environ, s_X_REQUEST_START) |
                            PyDict_Contains(environ, s_X_QUEUE_START))
                         : 0;
     if (mod_wsgi < 0 || headers < 0) {
         goto failed;
     }
     if (PyDict_GET_SIZE(py.accepted) > 0 || mod_wsgi || headers) {
-        PyObject *found = PyObject_CallFunction(py.accept_sources, "OOlO", environ, peer, port,
-                                                proxy ? Py_True : Py_False);
+        PyObject *found =
+            PyObject_CallFunction(py.accept_sources, "OOli", environ, peer, port, proxies);
         if (found == NULL) {
             goto failed;
         }
@@ -1044,6 +1237,14 @@ recorder_call(RecorderObject *self, PyObject *args, PyObject *kwargs)
             goto failed;
         }
         Py_DECREF(found);
+        if (flags & TIME_REJECTED) {
+            flags &= ~(unsigned long)TIME_REJECTED;
+            spool_count(sp, OFF_TIMES_REJECTED);
+        }
+        if ((int64_t)accept_ns < 0 || (int64_t)arrival_ns < 0) { /* never stored wrapped */
+            accept_ns = arrival_ns = 0;
+            spool_count(sp, OFF_TIMES_REJECTED);
+        }
     }
     call->flags = (unsigned int)flags;
 
@@ -1158,7 +1359,7 @@ recorder_dealloc(RecorderObject *self)
 static PyMemberDef recorder_members[] = {
     {"app", T_OBJECT_EX, offsetof(RecorderObject, app), 0, PyDoc_STR("the wrapped app")},
     {"_dir", T_OBJECT_EX, offsetof(RecorderObject, dir), 0, NULL},
-    {"_proxy_headers", T_BOOL, offsetof(RecorderObject, proxy_headers), 0, NULL},
+    {"_trusted_proxies", T_INT, offsetof(RecorderObject, trusted_proxies), 0, NULL},
     {NULL},
 };
 
@@ -1186,25 +1387,25 @@ configure(PyObject *module, PyObject *args, PyObject *kwargs)
         "ready", "peers", "peer_bytes", "ports", "port_number", "path_bytes",
         "route_for_path", "method_codes", "odd_keys", "accepted", "accept_sources",
         "templates", "template_bytes", "proxy_wall_ns", "statuses", "status_code",
-        "wrap_other", "python_call", "log_error", NULL};
-    PyObject *v[19];
+        "wrap_other", "python_call", "log_error", "check_spool", NULL};
+    PyObject *v[20];
     if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
         PyErr_SetString(PyExc_RuntimeError, "the C path serves the main interpreter only");
         return NULL;
     }
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "O!O!OO!OO!OO!OO!OO!OOO!OOOO:configure", names, &PyDict_Type, &v[0],
+            args, kwargs, "O!O!OO!OO!OO!OO!OO!OOO!OOOOO:configure", names, &PyDict_Type, &v[0],
             &PyDict_Type, &v[1], &v[2], &PyDict_Type, &v[3], &v[4], &PyDict_Type, &v[5], &v[6],
             &PyDict_Type, &v[7], &v[8], &PyDict_Type, &v[9], &v[10], &PyDict_Type, &v[11],
-            &v[12], &v[13], &PyDict_Type, &v[14], &v[15], &v[16], &v[17], &v[18])) {
+            &v[12], &v[13], &PyDict_Type, &v[14], &v[15], &v[16], &v[17], &v[18], &v[19])) {
         return NULL;
     }
-    PyObject **slots[19] = {
+    PyObject **slots[20] = {
         &py.ready, &py.peers, &py.peer_bytes, &py.ports, &py.port_number, &py.path_bytes,
         &py.route_for_path, &py.method_codes, &py.odd_keys, &py.accepted, &py.accept_sources,
         &py.templates, &py.template_bytes, &py.proxy_wall_ns, &py.statuses, &py.status_code,
-        &py.wrap_other, &py.python_call, &py.log_error};
-    for (int i = 0; i < 19; i++) {
+        &py.wrap_other, &py.python_call, &py.log_error, &py.check_spool};
+    for (int i = 0; i < 20; i++) {
         Py_XSETREF(*slots[i], Py_NewRef(v[i]));
     }
     Py_RETURN_NONE;

@@ -10,6 +10,8 @@ class Counter(Iterator[int]):
 
 class Spool:
     released: bool
+    lost: bool
+    next_check_ns: int
     def __init__(
         self,
         mm: Any,
@@ -37,7 +39,7 @@ class Call(list[bytes]):
 class Recorder:
     app: Any
     _dir: str
-    _proxy_headers: bool
+    _trusted_proxies: int
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any: ...
 
 def configure(**kwargs: Any) -> None: ...

@@ -17,6 +17,7 @@ accept ring, so the sidecar sees "accepted, not started yet" while it happens, a
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import struct
 import sys
@@ -44,6 +45,17 @@ _LAST_DATA_RECV = struct.Struct("<I")
 _BYTES_RECEIVED = struct.Struct("<Q")
 
 AcceptFn = Callable[[], tuple[socket.socket, Any]]
+#: The "peer" of a unix-socket connection in :data:`ACCEPTED`: ``(UNIX, fd)``.
+UNIX: Final = "unix"
+
+
+def unix_connection_key(environ: Any) -> tuple[str, int] | None:
+    """The :data:`ACCEPTED` key of the unix-socket connection a request came on (gunicorn
+    hands the socket over in ``gunicorn.socket``), or None."""
+    sock = environ.get("gunicorn.socket")
+    if isinstance(sock, socket.socket) and sock.family == socket.AF_UNIX:
+        return (UNIX, sock.fileno())
+    return None
 
 
 def arrival_from_tcp_info(info: bytes, now_ns: int) -> int:
@@ -54,7 +66,8 @@ def arrival_from_tcp_info(info: bytes, now_ns: int) -> int:
     if _BYTES_RECEIVED.unpack_from(info, 128)[0] == 0:
         return 0
     last_recv_ms: int = _LAST_DATA_RECV.unpack_from(info, 52)[0]
-    return now_ns - last_recv_ms * 1_000_000
+    arrival = now_ns - last_recv_ms * 1_000_000
+    return arrival if arrival > 0 else 0  # never a time before this machine booted
 
 
 def record_accept(sock: socket.socket, addr: Any, spool_dir: str) -> None:
@@ -75,8 +88,15 @@ def record_accept(sock: socket.socket, addr: Any, spool_dir: str) -> None:
                 ACCEPTED.clear()
             ACCEPTED[(peer, port)] = [now, arrival, 0, 0]
             server_port = sock.getsockname()[1]
-        else:  # unix socket: no peer to match a request by; the accept event still counts
-            peer, port, server_port = "", 0, 0
+        else:
+            # A unix socket (gunicorn behind nginx): no peer address or port. The socket's
+            # inode names the connection as the kernel does (unix_diag, /proc/PID/fd), for
+            # the sidecar; its fd finds it again from the request (unix_connection_key).
+            fd = sock.fileno()
+            if len(ACCEPTED) >= ACCEPTED_LIMIT:
+                ACCEPTED.clear()
+            ACCEPTED[(UNIX, fd)] = [now, 0, 0, 0]
+            peer, port, server_port = f"unix:{os.fstat(fd).st_ino}", 0, 0
         writer = writer_for(spool_dir)
         if writer is not None:
             writer.write_accept(now, arrival, port, server_port, 0, peer_bytes(peer))

@@ -4,6 +4,15 @@ proxy's ``X-Request-Start`` / ``X-Queue-Start`` header (parsed by :mod:`.arrival
 
 Most requests have none of them, and both paths check for that with three dict lookups
 before calling anything here.
+
+Trust and plausibility. Any client can send ``X-Request-Start``, so the header is read only
+when the operator says how many proxies in front of the server add it
+(``trusted_proxies``, as werkzeug's ``ProxyFix`` counts them): the value the outermost of
+those added is used, and whatever a client sent before it is ignored. A time that cannot be
+right is refused and counted in the spool header (``times_rejected``), never used: one from
+before this machine booted (``CLOCK_MONOTONIC`` would go negative: a fresh machine and an
+hour-old ``mod_wsgi.request_start``), more than an hour old, more than a second in the
+future, or unparsable.
 """
 
 from __future__ import annotations
@@ -14,8 +23,14 @@ from typing import Any, Final
 from wsgiwatch.spool import layout as fmt
 from wsgiwatch.worker import accept_hook
 from wsgiwatch.worker.accept_hook import arrival_from_socket
-from wsgiwatch.worker.arrival import parse_mod_wsgi_time, parse_proxy_header, wall_to_monotonic_ns
-from wsgiwatch.worker.call_state import PROXY_PENDING
+from wsgiwatch.worker.arrival import parse_proxy_header
+from wsgiwatch.worker.call_state import (
+    PROXY_PENDING,
+    TIME_REJECTED,
+    TRUSTED_PROXIES_MAX,
+    TRUSTED_PROXIES_SHIFT,
+)
+from wsgiwatch.worker.mod_wsgi import mod_wsgi_times
 
 Environ = dict[str, Any]
 
@@ -24,16 +39,22 @@ X_REQUEST_START: Final = "HTTP_X_REQUEST_START"
 X_QUEUE_START: Final = "HTTP_X_QUEUE_START"
 #: The accept hook's connections: the same dict; the hook only ever mutates it in place.
 ACCEPTED: Final = accept_hook.ACCEPTED
+#: What :func:`proxy_wall_ns` gives for a header that is there but not believable.
+REJECTED: Final = -1
 
 _monotonic_ns = time.monotonic_ns
 
 
 def accept_sources(
-    environ: Environ, peer: str, port: int, proxy_headers: bool
+    environ: Environ, peer: str, port: int, trusted_proxies: int
 ) -> tuple[int, int, int, int]:
-    """(accept_ns, arrival_ns, source, flags) from the accept hook or the server's keys."""
+    """(accept_ns, arrival_ns, source, flags) from the accept hook or the server's keys.
+    ``flags`` may carry TIME_REJECTED, which the caller counts and drops."""
     accept = arrival = source = flags = 0
     conn = ACCEPTED.get((peer, port)) if ACCEPTED else None
+    if conn is None and not port and ACCEPTED:  # a unix socket: found by its fd
+        unix = accept_hook.unix_connection_key(environ)
+        conn = ACCEPTED.get(unix) if unix else None
     if conn is not None:
         accept, arrival, uses, ready = conn
         conn[2] = uses + 1
@@ -55,19 +76,38 @@ def accept_sources(
             if arrival:
                 flags |= fmt.FLAG_ARRIVAL_TCP_INFO
     elif MOD_WSGI_START in environ:
-        now_wall = time.time_ns()
-        started = parse_mod_wsgi_time(environ[MOD_WSGI_START], now_wall)
-        if started:
-            accept = wall_to_monotonic_ns(started, now_wall, _monotonic_ns())
+        accept, arrival, apache_wall = mod_wsgi_times(environ, time.time_ns(), _monotonic_ns())
+        if accept:
             source = fmt.SOURCE_MOD_WSGI
-    if proxy_headers and (X_REQUEST_START in environ or X_QUEUE_START in environ):
-        flags |= PROXY_PENDING  # parsed at exit, off the path to the app
+        else:  # unparsable, too old, or before this machine booted
+            flags |= TIME_REJECTED
+        if apache_wall:  # daemon mode: Apache's own start is the front of the line
+            flags |= PROXY_PENDING
+    if trusted_proxies and (X_REQUEST_START in environ or X_QUEUE_START in environ):
+        # parsed at exit, off the path to the app; the count of trusted proxies goes along
+        flags |= PROXY_PENDING | (
+            min(trusted_proxies, TRUSTED_PROXIES_MAX) << TRUSTED_PROXIES_SHIFT
+        )
     return accept, arrival, source, flags
 
 
-def proxy_wall_ns(environ: Environ) -> int:
-    """The front proxy's time for this request, wall-clock ns (0: none or not believable)."""
-    header = environ.get(X_REQUEST_START) or environ.get(X_QUEUE_START)
+def proxy_wall_ns(environ: Environ, flags: int) -> int:
+    """The front of the line for this request, wall-clock ns: a trusted front proxy's time,
+    else (mod_wsgi daemon mode) when Apache read the request. :data:`REJECTED` when the
+    header is there but not believable (the caller counts it), 0 when there is none."""
+    trusted = (flags >> TRUSTED_PROXIES_SHIFT) & TRUSTED_PROXIES_MAX
+    header = (environ.get(X_REQUEST_START) or environ.get(X_QUEUE_START)) if trusted else None
+    if not header:
+        return mod_wsgi_times(environ, time.time_ns(), _monotonic_ns())[2]
     if not isinstance(header, str):
-        return 0
-    return parse_proxy_header(header, time.time_ns()) or 0
+        return REJECTED
+    # One value per proxy that added one, comma-separated, the nearest proxy's last. The
+    # outermost trusted proxy's is the trusted-th from the end; anything before it may
+    # come from the client. (Apache's "t=... D=..." is one value.)
+    values = header.split(",")
+    value = values[-trusted] if len(values) >= trusted else values[0]
+    now_wall = time.time_ns()
+    wall = parse_proxy_header(value, now_wall)
+    if wall is None or wall <= now_wall - _monotonic_ns():  # garbage, too old, before boot
+        return REJECTED
+    return wall

@@ -4,7 +4,14 @@ request, odd environs, accept sources, streams, file wrappers, logging)."""
 
 from __future__ import annotations
 
-from wsgiwatch.worker import accept_sources, internal_errors, request_keys, settings, streams
+from wsgiwatch.worker import (
+    accept_sources,
+    internal_errors,
+    request_keys,
+    settings,
+    spool_check,
+    streams,
+)
 from wsgiwatch.worker.accelerator import speedups
 from wsgiwatch.worker.python_path import PythonWSGIWatch
 
@@ -34,4 +41,5 @@ def share_with_accelerator() -> None:
         wrap_other=streams.wrap_other,
         python_call=PythonWSGIWatch.__call__,
         log_error=internal_errors.log_internal_error,
+        check_spool=spool_check.check_spool,
     )

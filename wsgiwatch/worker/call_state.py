@@ -14,3 +14,9 @@ PROXY_PENDING: Final = 1 << 16
 EXHAUSTED: Final = 1 << 17
 #: The record is written; a second close() does nothing.
 FINISHED: Final = 1 << 18
+#: An accept time of this request was refused as implausible (counted at entry; only
+#: ever in what accept_sources returns, never kept).
+TIME_REJECTED: Final = 1 << 19
+#: Bits 20 to 27 carry how many front proxies the operator trusts, for the parse at exit.
+TRUSTED_PROXIES_SHIFT: Final = 20
+TRUSTED_PROXIES_MAX: Final = 0xFF

@@ -1,6 +1,7 @@
 """``_layout.h``: the spool layout as the C accelerator sees it, generated from
 :mod:`wsgiwatch.spool.layout` (and the in-memory bits of :mod:`.call_state`), so the layout
-is written down once. ``python -m wsgiwatch.worker.layout_header`` rewrites the header;
+is written down once. ``WSGIWATCH_PURE_PYTHON=1 python -m wsgiwatch.worker.layout_header``
+rewrites the header (pure Python: a module built from the old header may not load);
 tests/worker/test_speedups.py checks that the committed one is current and that the built
 module's ``LAYOUT`` holds the same values."""
 
@@ -43,7 +44,7 @@ def layout_values() -> dict[str, int]:
     values["INVALID_SEQ"] = fmt.INVALID_SEQ
     for code, method in enumerate(fmt.METHODS):
         values[f"METHOD_{method}"] = code
-    for name in ("RECORDED_FLAGS", "PROXY_PENDING", "EXHAUSTED", "FINISHED"):
+    for name in ("RECORDED_FLAGS", "PROXY_PENDING", "EXHAUSTED", "FINISHED", "TIME_REJECTED"):
         values[name] = getattr(call_state, name)
     return values
 
@@ -57,7 +58,8 @@ def render() -> str:
     width = max(map(len, values))
     lines = [
         "/* The spool layout for _speedups.c. GENERATED from wsgiwatch/spool/layout.py and",
-        " * wsgiwatch/worker/call_state.py by `python -m wsgiwatch.worker.layout_header`:",
+        " * wsgiwatch/worker/call_state.py by `WSGIWATCH_PURE_PYTHON=1 python -m",
+        " * wsgiwatch.worker.layout_header`:",
         " * do not edit; tests/worker/test_speedups.py checks that it is current. */",
         "#ifndef WSGIWATCH_LAYOUT_H",
         "#define WSGIWATCH_LAYOUT_H",

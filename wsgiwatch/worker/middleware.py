@@ -16,6 +16,7 @@ into Python for what is rare, so each of those exists once. Where each part live
 - :mod:`.streams`: other responses (iterables, the server's file wrappers);
 - :mod:`.request_keys`: environ values into stored bytes, through bounded caches;
 - :mod:`.accept_sources`: accept and arrival times (accept hook, mod_wsgi, proxy headers);
+- :mod:`.spool_check`: noticing a spool file removed or truncated, and recording on;
 - :mod:`.internal_errors`: counting and logging wsgiwatch's own failures;
 - :mod:`.bridge`: handing the above to the C path.
 """
@@ -40,7 +41,7 @@ else:
         """Records each request of the app it wraps into this process's spool (see
         ``__init__``). Calling it runs the C accelerator's ``Recorder.__call__``."""
 
-        __slots__ = ("_capacity", "_geometry")
+        __slots__ = ("_capacity", "_dir_given", "_geometry")
 
 
 share_with_accelerator()

@@ -7,6 +7,10 @@ parent's spool and opens its own on its first request.
 A worker touches no file in the spool directory but its own: spools of dead processes are
 the sidecar's to drain and remove. (Opening other files from the app's process is how a
 FIFO planted there could hang it.)
+
+Its own file can be lost under it: removed (alone, or with the whole directory) or
+truncated; :mod:`.spool_check` notices, and the next request opens a new file here, whose
+header counts what was lost (``spools_lost``, ``records_lost_with_spool``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import os
 import threading
 
+from wsgiwatch.spool import layout as fmt
 from wsgiwatch.spool.writer import (
     DEFAULT_ACCEPTS,
     DEFAULT_RING,
@@ -29,6 +34,9 @@ logger = logging.getLogger("wsgiwatch")
 # directory -> its writer, or None when it could not be opened (we then stay quiet).
 _writers: dict[str, SpoolWriter | None] = {}
 _lock = threading.Lock()
+# directory -> (spools lost, records lost with them) in this process, written into each
+# new spool's header.
+_losses: dict[str, tuple[int, int]] = {}
 
 
 def resolve_dir(spool_dir: str | None) -> str:
@@ -69,8 +77,36 @@ def writer_for(directory: str) -> SpoolWriter | None:
                 exc,
             )
             writer = None
+        else:
+            spools, records = _losses.get(directory, (0, 0))
+            if spools:
+                writer.set_counter(fmt.OFF_SPOOLS_LOST, spools)
+                writer.set_counter(fmt.OFF_RECORDS_LOST_WITH_SPOOL, records)
         _writers[directory] = writer
         return writer
+
+
+def forget_writer(directory: str, writer: SpoolWriter) -> bool:
+    """Stop handing out ``writer`` for ``directory`` (its file is lost); the next
+    :func:`writer_for` opens a new one. False when another thread did it first."""
+    with _lock:
+        if _writers.get(directory) is not writer:
+            return False
+        del _writers[directory]
+        return True
+
+
+def count_loss(directory: str, *, spools: int = 0, records: int = 0) -> None:
+    """Add to what this process lost in ``directory``: kept for the next spool's header,
+    and written into the current one's now."""
+    lost_spools, lost_records = _losses.get(directory, (0, 0))
+    lost_spools += spools
+    lost_records += records
+    _losses[directory] = (lost_spools, lost_records)
+    writer = _writers.get(directory)
+    if writer is not None:
+        writer.set_counter(fmt.OFF_SPOOLS_LOST, lost_spools)
+        writer.set_counter(fmt.OFF_RECORDS_LOST_WITH_SPOOL, lost_records)
 
 
 def _forget_after_fork() -> None:
@@ -78,6 +114,7 @@ def _forget_after_fork() -> None:
     # (unmapped in the child only); the files stay, they are the parent's.
     global _lock
     _writers.clear()
+    _losses.clear()
     _lock = threading.Lock()
 
 

@@ -18,6 +18,7 @@ from wsgiwatch.worker.accept_sources import (
     X_REQUEST_START,
     accept_sources,
 )
+from wsgiwatch.worker.call_state import TIME_REJECTED
 from wsgiwatch.worker.internal_errors import internal_error
 from wsgiwatch.worker.request_keys import request_keys, sane_get
 from wsgiwatch.worker.response import Call
@@ -52,7 +53,7 @@ class PythonWSGIWatch(WatchSettings):
     ``__init__``), in pure Python: what ``WSGIWatch`` is when the C accelerator is not built
     (or ``WSGIWATCH_PURE_PYTHON=1``). Same arguments, same records as the C path."""
 
-    __slots__ = ("_capacity", "_dir", "_geometry", "_proxy_headers", "app")
+    __slots__ = ("_capacity", "_dir", "_dir_given", "_geometry", "_trusted_proxies", "app")
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         # The entry bookkeeping is inlined here rather than in Call.__init__: a Python
@@ -81,12 +82,16 @@ class PythonWSGIWatch(WatchSettings):
                 ACCEPTED
                 or MOD_WSGI_START in environ
                 or (
-                    self._proxy_headers and (X_REQUEST_START in environ or X_QUEUE_START in environ)
+                    self._trusted_proxies
+                    and (X_REQUEST_START in environ or X_QUEUE_START in environ)
                 )
             ):
                 accept, arrival, source, flags = accept_sources(
-                    environ, peer, port, self._proxy_headers
+                    environ, peer, port, self._trusted_proxies
                 )
+                if flags & TIME_REJECTED:
+                    flags &= ~TIME_REJECTED
+                    writer.bump(fmt.OFF_TIMES_REJECTED)
             else:
                 accept = arrival = source = flags = 0
             call.flags = flags

@@ -19,6 +19,7 @@ from wsgiwatch.spool.writer import SpoolWriter
 from wsgiwatch.worker import accept_sources, request_keys
 from wsgiwatch.worker.call_state import EXHAUSTED, FINISHED, PROXY_PENDING, RECORDED_FLAGS
 from wsgiwatch.worker.internal_errors import internal_error
+from wsgiwatch.worker.spool_check import check_spool
 from wsgiwatch.worker.streams import wrap_other
 
 #: Frameworks put their route template here (``/users/<int:id>``) to label the request.
@@ -111,6 +112,16 @@ class Call(list[bytes]):
         """The server is done with a list or tuple response (which has no close())."""
         self.finish()
 
+    def __del__(self) -> None:
+        # A server that releases the list response without calling close() (bjoern takes
+        # the one item of a one-item list and drops the list, against PEP 3333): record it
+        # now, flagged, so that its slot is never left taken. Only a response handed to the
+        # server (EXHAUSTED) and not yet recorded qualifies.
+        flags = getattr(self, "flags", FINISHED)
+        if flags & (EXHAUSTED | FINISHED) == EXHAUSTED:
+            self.flags = flags | fmt.FLAG_NO_CLOSE_SEEN
+            self.finish()
+
     def finish(self) -> None:
         """Write the record and free the slot; never raises."""
         flags = self.flags
@@ -129,7 +140,10 @@ class Call(list[bytes]):
             if template and isinstance(template, str):
                 route = _templates.get(template)
                 flags |= fmt.FLAG_ROUTE_TEMPLATE
-            proxy = accept_sources.proxy_wall_ns(environ) if flags & PROXY_PENDING else 0
+            proxy = accept_sources.proxy_wall_ns(environ, flags) if flags & PROXY_PENDING else 0
+            if proxy < 0:  # there, but not believable: counted, not recorded
+                writer.bump(fmt.OFF_TIMES_REJECTED)
+                proxy = 0
             status = self.status
             code = _statuses.get(status) or request_keys.status_code(status)
             port_text = environ.get("SERVER_PORT")
@@ -156,11 +170,18 @@ class Call(list[bytes]):
                 image = image[:_ROUTE_OFF] + route.ljust(_ROUTE_LEN, b"\0")
             writer.commit(image + exit_part)
         except Exception:
-            internal_error(writer)
+            if not writer.mm.closed:  # else the spool was lost and replaced meanwhile
+                internal_error(writer)
         if slot != _NO_SLOT:
             try:
                 writer.release_slot(slot)
             except Exception:
-                internal_error(writer)
+                if not writer.mm.closed:
+                    internal_error(writer)
         # Drop the environ early: the server may keep this object a while.
         self.environ = _EMPTY
+        if exit_ns >= writer.next_check_ns:  # once a second: is the file still there?
+            try:
+                check_spool(writer, exit_ns)
+            except Exception:
+                internal_error(writer)

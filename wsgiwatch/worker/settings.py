@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from wsgiwatch.spool import layout as fmt
 from wsgiwatch.spool.writer import DEFAULT_ACCEPTS, DEFAULT_RING, DEFAULT_SLOTS, SpoolWriter
+from wsgiwatch.worker.call_state import TRUSTED_PROXIES_MAX
 from wsgiwatch.worker.internal_errors import internal_error
+from wsgiwatch.worker.mod_wsgi import daemon_capacity
 from wsgiwatch.worker.process_spool import request_geometry, resolve_dir, writer_for
 from wsgiwatch.worker.request_keys import server_software
 
@@ -37,8 +39,9 @@ class WatchSettings:
     app: WSGIApp
     _capacity: int | None
     _dir: str
+    _dir_given: bool  # spool_dir or $WSGIWATCH_DIR chose it; else a SetEnv may
     _geometry: tuple[int, int, int]
-    _proxy_headers: bool
+    _trusted_proxies: int
 
     def __init__(
         self,
@@ -46,7 +49,7 @@ class WatchSettings:
         *,
         spool_dir: str | None = None,
         capacity: int | None = None,
-        proxy_headers: bool = True,
+        trusted_proxies: int = 0,
         slots: int = DEFAULT_SLOTS,
         ring_size: int = DEFAULT_RING,
         accept_events: int = DEFAULT_ACCEPTS,
@@ -56,18 +59,23 @@ class WatchSettings:
         ``spool_dir``: where the spool files go (default ``$WSGIWATCH_DIR``, else a private
         per-user directory in ``/dev/shm`` or the temp dir). ``capacity``: how many requests
         one process runs at once (threads), if you want to state it; otherwise the sidecar
-        infers it. ``proxy_headers``: read ``X-Request-Start`` / ``X-Queue-Start`` from a
-        front proxy (only ever a timestamp; never stored otherwise). ``slots``,
+        infers it. ``trusted_proxies``: how many front proxies add ``X-Request-Start`` /
+        ``X-Queue-Start`` to each request (werkzeug ``ProxyFix`` style); the value the
+        outermost of them added is read (only ever as a timestamp). 0, the default: the
+        headers are ignored, since any client can send them. ``slots``,
         ``ring_size``, ``accept_events``: the spool's geometry (docs/spool-format.md).
         """
         if not (0 < slots < fmt.NO_SLOT and ring_size > 0 and accept_events > 0):
             raise ValueError("slots (below 65535), ring_size and accept_events must be positive")
         if capacity is not None and capacity < 1:
             raise ValueError("capacity must be positive")
+        if not 0 <= trusted_proxies <= TRUSTED_PROXIES_MAX:
+            raise ValueError(f"trusted_proxies must be 0 to {TRUSTED_PROXIES_MAX}")
         self.app = app
         self._dir = resolve_dir(spool_dir)
+        self._dir_given = bool(spool_dir or os.environ.get("WSGIWATCH_DIR"))
         self._capacity = capacity
-        self._proxy_headers = proxy_headers
+        self._trusted_proxies = trusted_proxies
         self._geometry = (slots, ring_size, accept_events)
         request_geometry(self._dir, self._geometry)
 
@@ -77,6 +85,12 @@ class WatchSettings:
 
     def _first_request(self, environ: Environ) -> SpoolWriter | None:
         """Slow path, once per process: open the spool and note what serves us."""
+        chosen = environ.get("WSGIWATCH_DIR")
+        if not self._dir_given and isinstance(chosen, str) and chosen and chosen != self._dir:
+            # mod_wsgi: Apache's SetEnv arrives in the environ, not in os.environ. (The
+            # C path reads ``_dir`` on every request, so it follows.)
+            self._dir = chosen
+            request_geometry(chosen, self._geometry)
         writer = writer_for(self._dir)
         if writer is not None:
             geometry = (writer.slot_count, writer.ring_capacity, writer.accept_capacity)
@@ -93,8 +107,9 @@ class WatchSettings:
                     bool(environ.get("wsgi.multithread")),
                     bool(environ.get("wsgi.multiprocess")),
                 )
-                if self._capacity:
-                    writer.set_declared_capacity(self._capacity)
+                capacity = self._capacity or daemon_capacity(environ)
+                if capacity:
+                    writer.set_declared_capacity(capacity)
             except Exception:
                 internal_error(writer)
         ready[self._dir] = writer
