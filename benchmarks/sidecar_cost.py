@@ -190,6 +190,7 @@ def sidecar_process(
                     "scrape_s": statistics.median(scrape),
                     "scrape_bytes": len(body),
                     "rss_bytes": _rss_bytes(),
+                    "drops_by_kind": _drops_by_kind(monitor),
                     "profile": parts,
                 }
             )
@@ -199,6 +200,16 @@ def sidecar_process(
             loop.stop()
             monitor.close()
             return
+
+
+def _drops_by_kind(monitor: Any) -> str:
+    """What the dropped records were, so far: overwritten unread (lost), given up as
+    abandoned (torn), not written (no slot, write errors)."""
+    workers = list(monitor.registry.workers.values())
+    lost = sum(w.last_lost for w in workers) + monitor.registry.retired_lost
+    exhausted = sum(w.header.slots_exhausted for w in workers)
+    errors = sum(w.header.write_errors for w in workers)
+    return f"lost {lost}, torn {monitor.torn}, no slot {exhausted}, write errors {errors}"
 
 
 def _rss_bytes() -> int:
@@ -387,7 +398,8 @@ def run_soak(minutes: float, window_s: float = 30.0) -> None:
                 print(
                     f"{(index + 1) * window_s / 60:6.1f} {row['requests_per_s']:10.0f} "
                     f"{row['cpu_pct']:6.1f} {row['rss_bytes'] / 2**20:8.1f} {row['dropped']:7d} "
-                    f"{row['early_polls']:5d}",
+                    f"{row['early_polls']:5d}"
+                    + (f"  ({row['drops_by_kind']})" if row["dropped"] else ""),
                     flush=True,
                 )
     warm = rows[min(1, len(rows) - 1)]["rss_bytes"]  # after the first window: warmed up
