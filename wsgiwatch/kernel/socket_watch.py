@@ -117,6 +117,12 @@ class SocketWatch:
         listeners = [s for s in listen.tcp if s.state == "LISTEN"]
         held = self._held()
         unix = self._our_unix(listen.unix, held) if listen.unix else []
+        if self._unknown_unix(unix):
+            # A unix connection accepted since the maps were read (behind nginx, say).
+            self._rescan_all(now)
+            held = self._held()
+            unix = self._our_unix(listen.unix, held)
+            self._foreign |= {s.inode for s in unix if s.inode not in held}
         ports = self.listener_ports or {s.local_port for s in listeners if s.inode in held}
         if not (connections and ports):
             return self._combine(listen, listeners, [], unix, listen), self.inodes
@@ -129,7 +135,7 @@ class SocketWatch:
                 if wider != ports:
                     ports = wider
                     dump = self._dump_connections(ports)
-            self._foreign = {s.inode for s in dump.tcp if s.inode and s.inode not in held}
+            self._foreign |= {s.inode for s in dump.tcp if s.inode and s.inode not in held}
         conns = [s for s in dump.tcp if s.state != "LISTEN"]
         return self._combine(listen, listeners, conns, unix, dump), self.inodes
 
@@ -167,6 +173,15 @@ class SocketWatch:
             and s.local_port in ports
             and s.state != "LISTEN"
             for s in connections
+        )
+
+    def _unknown_unix(self, socks: list[UnixSocket]) -> bool:
+        """Whether an accepted connection on a worker's unix listener (it shares the
+        listener's name) has an inode no worker map, nor the foreign set, holds."""
+        held, foreign = self._held(), self._foreign
+        return any(
+            s.state != "LISTEN" and s.path and s.inode not in held and s.inode not in foreign
+            for s in socks
         )
 
     def _our_unix(self, socks: list[UnixSocket], held: set[int]) -> list[UnixSocket]:
