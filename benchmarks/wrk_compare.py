@@ -57,7 +57,7 @@ import psutil
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(BENCH_DIR), "tests"))
 
-import servers  # noqa: E402  (tests/servers.py: real servers on free ports, stopped by pid)
+from support import servers  # noqa: E402  (real servers on free ports, stopped by pid)
 
 #: (label, worker class, workers, threads)
 SETUPS: tuple[tuple[str, str, int, int], ...] = (

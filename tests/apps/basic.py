@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -29,4 +30,5 @@ def _stream(chunks: int) -> Iterator[bytes]:
         yield b"chunk %d\n" % i
 
 
-application = WSGIWatch(raw_app)
+# TEST_ACCEPT_HOOK=0: as with ``WSGIWatch(app, accept_hook=False)`` (the kernel view only).
+application = WSGIWatch(raw_app, accept_hook=os.environ.get("TEST_ACCEPT_HOOK") != "0")

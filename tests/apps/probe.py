@@ -39,9 +39,12 @@ def raw_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     return [body]
 
 
-application = WSGIWatch(raw_app)
+# TEST_ACCEPT_HOOK=0: the app as with ``WSGIWatch(app, accept_hook=False)``, for the tests
+# of what wsgiwatch sees without its accept hook.
+_hook = os.environ.get("TEST_ACCEPT_HOOK") != "0"
+application = WSGIWatch(raw_app, accept_hook=_hook)
 # The same app behind one front proxy that adds X-Request-Start (trusted_proxies=1).
-behind_one_proxy = WSGIWatch(raw_app, trusted_proxies=1)
+behind_one_proxy = WSGIWatch(raw_app, trusted_proxies=1, accept_hook=_hook)
 # The same app asking for a 16-record ring (used to check the geometry is honoured; last,
 # since the last WSGIWatch made for a directory sets the geometry its spool is opened with).
-small_ring = WSGIWatch(raw_app, ring_size=16)
+small_ring = WSGIWatch(raw_app, ring_size=16, accept_hook=_hook)

@@ -53,4 +53,8 @@ def raw_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 
 #: Behind one front proxy (nginx) whose X-Request-Start it believes; under Apache no header
 #: comes, and mod_wsgi's own times are read whatever this says.
-application = WSGIWatch(raw_app, trusted_proxies=1)
+# TEST_ACCEPT_HOOK=0: as with ``WSGIWatch(app, accept_hook=False)`` (the hook is on by
+# default), for the tests of what the kernel view or a proxy's stamp give on their own.
+application = WSGIWatch(
+    raw_app, trusted_proxies=1, accept_hook=os.environ.get("TEST_ACCEPT_HOOK") != "0"
+)

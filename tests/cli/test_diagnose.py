@@ -275,7 +275,7 @@ def test_fixture_no_timing_source_says_so() -> None:
     d = analyse(snapshot(blind, state))
     text = flat(render(d))
     assert "queue waits could not be measured" in text
-    assert "Turn on the accept hook" in text
+    assert "The accept hook is off" in text
 
 
 def test_fixture_pure_python_workers_are_named_once_and_accelerated_ones_not() -> None:
@@ -367,7 +367,7 @@ def test_hook_on_is_never_advised_and_the_text_agrees() -> None:
     for requests in (copy.deepcopy(RECENT), blind):
         text = flat(render(analyse(snapshot(requests, state))))
         assert "accept hook on)" in text
-        assert "Turn on the accept hook" not in text
+        assert "The accept hook is off" not in text
         assert "turn on the accept hook" not in text
         assert "(the accept hook measures it)" not in text
     assert "the accept hook is on, yet no request was matched" in flat(
@@ -384,17 +384,30 @@ def test_hook_in_some_workers_is_in_place() -> None:
     assert (d.accept_hook, d.hook_workers) == (False, 1)
     text = flat(render(d))
     assert "accept hook on in 1 of 2 workers" in text
-    assert "Turn on the accept hook" not in text
+    assert "The accept hook is off" not in text
 
 
-def test_gevent_workers_are_not_told_to_turn_on_a_hook_they_cannot_have() -> None:
-    """gunicorn's gevent worker accepts in its own loop: install_gunicorn declines it, so
-    its spool says "no hook" even with wsgiwatch.gunicorn_config loaded."""
+def test_gevent_workers_without_the_hook_are_told_why_it_is_off() -> None:
+    """gevent's accepts are hooked too (on its loop), by default: off means turned off."""
     state = copy.deepcopy(STATE)
     state["workers"][0].update(accept_hook=False, cooperative=True, capacity=1000)
     text = flat(render(analyse(snapshot(copy.deepcopy(RECENT), state))))
     assert "accept hook off" in text and "event loop" in text
-    assert "accept hook for exact" not in text and "gunicorn_config" not in text
+    assert "The accept hook is off" in text and "accept_hook=False" in text
+
+
+def test_wait_sources_are_said_per_worker() -> None:
+    state = copy.deepcopy(STATE)
+    requests = [
+        request(worker=0, pid=4242, request=1, wait_source="hook"),
+        request(worker=0, pid=4242, request=2, wait_source="hook"),
+        request(worker=0, pid=4242, request=3, wait_source="kernel"),
+    ]
+    d = analyse(snapshot(requests, state))
+    assert d.workers[0].wait_sources == {"hook": 2, "kernel": 1}
+    text = render(d)
+    assert "Where the queue waits come from, per worker (requests):" in text
+    assert "worker 0 (pid 4242): hook 2, kernel 1" in text
 
 
 @pytest.mark.parametrize("family", ["gunicorn", "waitress", "cheroot", "uwsgi", "mod_wsgi"])
@@ -403,4 +416,6 @@ def test_no_family_is_told_to_turn_on_a_hook_that_is_on(family: Any, blocking: b
     on = situation(family, blocking=blocking, backlog_mean_s=0.5)
     assert not any("accept hook" in a.text for a in advise(on))
     off = advise(situation(family, blocking=blocking, backlog_mean_s=0.5, hook=False))
-    assert any("accept hook" in a.text for a in off) == (family in ("gunicorn", "waitress"))
+    # Off where it is on by default (it was turned off, or the version is untested).
+    hookable = ("gunicorn", "waitress", "cheroot")
+    assert any("accept hook is off" in a.text for a in off) == (family in hookable)

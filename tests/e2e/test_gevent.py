@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from apps.client import fetch
 from apps.spools import wait_for_spool
 from support.servers import gunicorn
@@ -67,23 +68,24 @@ def test_concurrent_greenlets_get_distinct_slots_and_request_numbers(spool_dir: 
     assert len({r.slot for r in records}) == CONCURRENT
 
 
-def test_gevent_worker_with_the_hook_config_serves_and_says_kernel_only(spool_dir: str) -> None:
-    """The hook cannot see gevent's accepts: it says so, opens the spool, and harms nothing."""
-    extra = ["-c", "python:wsgiwatch.gunicorn_config"]
-    with gunicorn("apps.probe:application", spool_dir, worker_class="gevent", extra=extra) as s:
-        path = wait_for_spool(spool_dir)  # opened at worker start, before any request
+@pytest.mark.parametrize("config", [(), ("-c", "python:wsgiwatch.gunicorn_config")])
+def test_gevent_worker_accepts_are_hooked_on_the_loop(
+    config: tuple[str, ...], spool_dir: str
+) -> None:
+    """gevent accepts on its loop (``StreamServer.do_read``), and each connection's greenlet
+    runs later: the hook records the accept there, by default and with the opt-in config."""
+    with gunicorn("apps.probe:application", spool_dir, worker_class="gevent", extra=config) as s:
         reply = fetch(s.port, "/fast")
-        with SpoolReader(path, track=False) as reader:
-            header = reader.header()
+        with SpoolReader(wait_for_spool(spool_dir), track=False) as reader:
             records = []
             deadline = time.monotonic() + 5
             while not records and time.monotonic() < deadline:
                 records = reader.read_records().records
                 time.sleep(0.01)
-            accepts = reader.read_accepts()
+            header = reader.header()
+            accepts = [e for e in reader.read_accepts() if e.peer_port == reply.local_port]
     assert reply.status == 200
-    assert accepts == []
-    assert [r.accept_source for r in records] == ["none"]
-    # No hook was installed in this worker: its spool must not claim one (the sidecar reads
-    # this flag to know whether accept events are to be expected from the process).
-    assert not header.accept_hook
+    assert header.accept_hook
+    assert [r.accept_source for r in records] == ["hook"]
+    assert len(accepts) == 1 and accepts[0].accept_ns == records[0].accept_ns
+    assert reply.start_ns <= records[0].accept_ns <= records[0].entry_ns

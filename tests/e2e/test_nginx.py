@@ -73,7 +73,12 @@ def stack(request: pytest.FixtureRequest, spool_dir: str) -> Iterator[tuple[Vari
     extra = ["-c", "python:wsgiwatch.gunicorn_config"] if variant.hook else []
     with (
         gunicorn_behind(
-            "apps.stamped:application", spool_dir, unix=variant.unix, extra=extra
+            "apps.stamped:application",
+            spool_dir,
+            unix=variant.unix,
+            extra=extra,
+            # Without the hook (on by default), what the kernel or nginx's stamp give alone.
+            env=None if variant.hook else {"TEST_ACCEPT_HOOK": "0"},
         ) as upstream,
         nginx(upstream.address, request_start=variant.header) as front,
     ):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import math
 import re
 import threading
@@ -33,6 +32,13 @@ from typing import Any
 import pytest
 from support.hol_scenario import wait_until
 from support.middleware_support import private_dir
+from support.panel_queries import (
+    QueryFailed,
+    grafana_regex_escape,
+    run_query,
+    substitute,
+    targets,
+)
 from support.prom import Prometheus, prometheus
 from support.servers import gunicorn, sidecar
 
@@ -48,35 +54,6 @@ STEP_S = 1
 
 
 @dataclass
-class Target:
-    dashboard: str
-    panel: str
-    ref_id: str
-    expr: str
-    legend: str | None
-    instant: bool
-
-
-def targets() -> list[Target]:
-    found = []
-    for name, board in sorted(build_all().items()):
-        for panel in board["panels"]:
-            for inner in [panel, *panel.get("panels", [])]:
-                for t in inner.get("targets", []):
-                    found.append(
-                        Target(
-                            name,
-                            inner["title"],
-                            t["refId"],
-                            t["expr"],
-                            t.get("legendFormat"),
-                            bool(t.get("instant")),
-                        )
-                    )
-    return found
-
-
-@dataclass
 class Scenario:
     prom: Prometheus
     start: float
@@ -89,7 +66,7 @@ class Scenario:
         if selection == "all":
             job = instance = ".*"
         else:
-            job, instance = _grafana_regex_escape("wsgiwatch"), _grafana_regex_escape(self.instance)
+            job, instance = grafana_regex_escape("wsgiwatch"), grafana_regex_escape(self.instance)
         return {
             "job": job,
             "instance": instance,
@@ -100,47 +77,9 @@ class Scenario:
 
     def run(self, expr: str, instant: bool) -> dict[str, Any]:
         """The query's ``data``; raises QueryFailed with Prometheus's error text."""
-        if instant:
-            path, params = "/api/v1/query", {"query": expr, "time": f"{self.end:.3f}"}
-        else:
-            path = "/api/v1/query_range"
-            params = {
-                "query": expr,
-                "start": f"{self.start:.3f}",
-                "end": f"{self.end:.3f}",
-                "step": f"{STEP_S}s",
-            }
-        url = f"{self.prom.url}{path}?{urllib.parse.urlencode(params)}"
-        try:
-            with urllib.request.urlopen(url, timeout=10) as reply:
-                body = json.load(reply)
-        except urllib.error.HTTPError as e:
-            raise QueryFailed(e.read().decode(errors="replace")) from None
-        if body.get("status") != "success" or body.get("warnings"):
-            raise QueryFailed(json.dumps(body)[:500])
-        data = body["data"]
-        assert isinstance(data, dict)
-        return data
-
-
-class QueryFailed(Exception):
-    pass
-
-
-def _grafana_regex_escape(value: str) -> str:
-    """Grafana's Prometheus data source escapes regex metacharacters in a multi-value
-    variable with a doubled backslash (one for the regex, one for the PromQL string)."""
-    return re.sub(r"([\\^$*+?.()|{}\[\]])", r"\\\\\1", value)
-
-
-def substitute(expr: str, variables: dict[str, str]) -> str:
-    def value(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(2)
-        if name not in variables:
-            raise AssertionError(f"the test does not know the variable ${name} in {expr}")
-        return variables[name]
-
-    return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, expr)
+        return run_query(
+            self.prom.url, expr, at=self.end, start=None if instant else self.start, step_s=STEP_S
+        )
 
 
 # --- The scenario ---------------------------------------------------------------------------
@@ -231,7 +170,7 @@ def scenario() -> Iterator[Scenario]:
 
 # --- The tests ------------------------------------------------------------------------------
 
-ALL_TARGETS = targets()
+ALL_TARGETS = targets(build_all())
 
 
 def _series(data: dict[str, Any]) -> list[dict[str, Any]]:

@@ -31,9 +31,18 @@ RUNBOOK_TITLES = (
     "Sidecar health",
 )
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-FILTER = '{job=~"$job", instance=~"$instance"'
-#: A metric name where PromQL expects a selector: not a function, keyword or label name.
-METRIC = re.compile(r"\b(wsgiwatch_[a-z_]+|up)\b(\{[^}]*\})?")
+#: Each dashboard's template variables, and the filter every selector of it starts with (the
+#: fleet dashboard shows whole jobs: one instance is the overview's business).
+SCOPES = {
+    "wsgiwatch-overview.json": (
+        {"datasource", "job", "instance"},
+        '{job=~"$job", instance=~"$instance"',
+    ),
+    "wsgiwatch-fleet.json": ({"datasource", "job"}, '{job=~"$job"'),
+}
+#: A metric name where PromQL expects a selector (not a function, keyword or label name),
+#: recorded series (``level:metric:operations``) included.
+METRIC = re.compile(r"\b((?:[a-z_]+:)?wsgiwatch_[a-z_]+(?::[a-z0-9_]+)?|up)\b(\{[^}]*\})?")
 
 Dashboard = dict[str, Any]
 
@@ -211,14 +220,15 @@ def test_every_panel_says_what_it_shows_and_what_to_do(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(build_all()))
 def test_template_variables(name: str) -> None:
     variables = {v["name"]: v for v in built()[name]["templating"]["list"]}
-    assert set(variables) == {"datasource", "job", "instance"}
+    assert set(variables) == SCOPES[name][0]
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
-    for var in ("job", "instance"):
+    for var in set(variables) - {"datasource"}:
         assert variables[var]["type"] == "query"
         assert variables[var]["datasource"] == DATASOURCE
         assert variables[var]["query"].startswith("label_values(")
-    assert '{job=~"$job"}' in variables["instance"]["query"]
+    if "instance" in variables:
+        assert '{job=~"$job"}' in variables["instance"]["query"]
 
 
 @pytest.mark.parametrize("name", sorted(build_all()))
@@ -232,7 +242,12 @@ def test_every_query_reads_the_chosen_datasource_job_and_instance(name: str) -> 
             selectors = METRIC.findall(target["expr"])
             assert selectors, target["expr"]
             for metric, matchers in selectors:
-                assert matchers.startswith(FILTER), (panel["title"], metric, target["expr"])
+                assert matchers.startswith(SCOPES[name][1]), (panel["title"], metric)
+
+
+@pytest.mark.parametrize("name", sorted(build_all()))
+def test_every_dashboard_has_a_scope(name: str) -> None:
+    assert name in SCOPES
 
 
 @pytest.mark.parametrize("name", sorted(build_all()))

@@ -165,14 +165,32 @@ def test_one_family_refused_keeps_the_other(facts: Facts, monkeypatch: pytest.Mo
     real_dump = netlink.dump
 
     def dump(sock: socket.socket, request: bytes, *args: Any, **kwargs: Any) -> Any:
-        if request[16] == socket.AF_INET6:  # as with IPv6 disabled at boot
+        # A kernel without the both-families request, then with IPv6 disabled at boot.
+        if request[4] == netlink.TCPDIAG_GETSOCK or request[16] == socket.AF_INET6:
             raise NetlinkError(errno.ENOENT, "sock_diag request")
         return real_dump(sock, request, *args, **kwargs)
 
     monkeypatch.setattr(netlink, "dump", dump)
-    snap = KernelObserver().snapshot(tcp_ports=ports_of(facts), unix=False)
+    observer = KernelObserver()
+    snap = observer.snapshot(tcp_ports=ports_of(facts), unix=False)
     assert {s.family for s in snap.tcp} == {socket.AF_INET} and len(snap.tcp) == 5
     assert "TCP/IPv6 dump refused" in snap.notices[0]
+    assert observer._one_walk is False  # asked once, then one dump per family
+
+
+def test_one_dump_covers_both_families(facts: Facts, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel walks its socket hash once per TCP dump: one request for both families."""
+    requests: list[int] = []
+    real_dump = netlink.dump
+
+    def dump(sock: socket.socket, request: bytes, *args: Any, **kwargs: Any) -> Any:
+        requests.append(request[4])
+        return real_dump(sock, request, *args, **kwargs)
+
+    monkeypatch.setattr(netlink, "dump", dump)
+    snap = KernelObserver().snapshot(tcp_ports=ports_of(facts), unix=False)
+    check_tcp(snap, facts)
+    assert requests == [netlink.TCPDIAG_GETSOCK]
 
 
 def test_check_passes_here() -> None:

@@ -486,6 +486,7 @@ def test_route_labels_are_capped_with_an_other_bucket(scene: Scene) -> None:
 
 
 def test_blocker_route_labels_are_capped(scene: Scene) -> None:
+    scene.t -= 5 * S  # 10.4 s of requests, all over before the poll (later ones wait a poll)
     w = scene.worker(W1, ring=512)
     t = 0.0
     for n in range(102):
@@ -966,3 +967,35 @@ def test_an_accepted_connection_the_kernel_no_longer_has_is_no_stall(scene: Scen
     m = scrape(monitor)
     assert value(m, "wsgiwatch_stalled_requests", worker="0") == 0
     assert value(m, "wsgiwatch_oldest_stall_seconds") == 0
+
+
+def test_a_victim_ending_after_the_scoreboard_read_waits_a_poll_for_its_blocker(
+    scene: Scene,
+) -> None:
+    """A request that ended after the poll's scoreboard read may have waited behind one that
+    began after that read and still runs: in neither the scoreboard nor the records. It is
+    judged at the next poll, once its blocker is known."""
+    w = scene.worker(W1)
+    monitor = scene.monitor()
+    monitor.poll()
+    ahead_ms = (time.monotonic_ns() - scene.t) / MS + 400  # ends after the next poll starts
+    finish(
+        w,
+        Req(
+            scene.at(ahead_ms),
+            scene.at(ahead_ms + 2),
+            "/fast",
+            peer_port=2,
+            source=HOOK,
+            accept_ns=scene.at(ahead_ms - 300),
+        ),
+    )
+    monitor.poll()
+    assert monitor.recent_requests(600)["requests"] == []  # read, not judged yet
+    finish(w, Req(scene.at(ahead_ms - 350), scene.at(ahead_ms), "/slow", peer_port=1))
+    time.sleep(0.45)  # now both have ended before the next poll's scoreboard read
+    monitor.poll()
+    judged = {r["route"]: r for r in monitor.recent_requests(600)["requests"]}
+    assert set(judged) == {"/fast", "/slow"}
+    assert judged["/fast"]["blocked"]
+    assert judged["/fast"]["blockers"][0]["route"] == "/slow"

@@ -95,6 +95,21 @@ def test_entry_abandoned_mid_write_is_counted_torn(writer: SpoolWriter) -> None:
     assert [r.request for r in later.records] == [2]
 
 
+def test_an_abandoned_entry_is_given_up_once_half_the_ring_waits_behind_it(
+    writer: SpoolWriter,
+) -> None:
+    """Waiting the full timeout would let the writer lap the records behind the hole."""
+    reader = SpoolReader(writer.path)
+    publish(writer, 1, stamp=False)
+    publish(writer, 2)
+    assert reader.read_records(now_ns=10).records == []  # a slow writer, maybe: wait
+    for n in range(3, 5):  # ring of 8: four entries from the hole, half the ring
+        publish(writer, n)
+    result = reader.read_records(now_ns=20)  # long before the timeout
+    assert result.torn == 1 and result.lost == 0
+    assert [r.request for r in result.records] == [2, 3, 4]
+
+
 def test_lapped_reader_counts_lost_and_keeps_newest(writer: SpoolWriter) -> None:
     reader = SpoolReader(writer.path)
     for n in range(1, 21):  # ring of 8: 12 are overwritten unread

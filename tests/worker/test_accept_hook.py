@@ -51,9 +51,11 @@ def hooked(kind: str, spool_dir: str, app: str = APP) -> contextlib.AbstractCont
 
 
 def unhooked(kind: str, spool_dir: str) -> contextlib.AbstractContextManager[Server]:
+    """A capacity-1 server whose app turned the accept hook off (it is on by default)."""
+    off = {"TEST_ACCEPT_HOOK": "0"}
     if kind == "waitress":
-        return waitress(APP, spool_dir, threads=1)
-    return gunicorn(APP, spool_dir, worker_class=kind, threads=1)
+        return waitress(APP, spool_dir, threads=1, env=off)
+    return gunicorn(APP, spool_dir, worker_class=kind, threads=1, env=off)
 
 
 def wait_for(predicate: Any, timeout: float, what: str) -> Any:

@@ -169,18 +169,19 @@ def _proxy(s: Situation) -> list[Advice]:
 
 
 def _hook(s: Situation) -> list[Advice]:
-    # Never what is in place already: a hook in some workers means the setup is done, and
-    # gevent workers accept in their own loop, where no hook can reach (install_gunicorn).
-    if s.accept_hook:
+    # Never what is in place already: a hook in some workers means the setup is done. It
+    # is on by default on these servers (wsgiwatch.worker.autohook): off means the app
+    # said accept_hook=False, or the server is a version the hook was not tested with.
+    if s.accept_hook or s.deployment.family not in ("gunicorn", "waitress", "cheroot"):
         return []
-    kind = s.deployment.kind
-    if kind in ("gthread", "sync"):
-        how = "gunicorn -c python:wsgiwatch.gunicorn_config"
-    elif kind == "waitress":
-        how = "wsgiwatch.worker.accept_hook.serve_waitress(app, ...) for waitress.serve"
-    else:
-        return []
-    return [Advice(f"Turn on the accept hook for exact accept times and live stalls: {how}.")]
+    return [
+        Advice(
+            "The accept hook is off (it gives exact accept times, and waits too short for "
+            "the kernel view): it is on by default with WSGIWatch(app) on gunicorn 27, "
+            "waitress 3 and cheroot 11; remove accept_hook=False, or see the worker's "
+            "worker.accept_hook_skipped log line for the server version it found."
+        )
+    ]
 
 
 def advise(s: Situation, forecast: Forecast | None = None) -> list[Advice]:

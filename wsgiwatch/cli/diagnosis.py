@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from wsgiwatch.cli.client import Metrics, SidecarClient
@@ -84,6 +84,8 @@ class WorkerFacts:
     blocked: int = 0
     blocked_wait_s: float = 0.0
     misrouted: int = 0
+    #: Where its requests' queue waits came from: hook, mod_wsgi, kernel, header, none.
+    wait_sources: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -203,6 +205,7 @@ def analyse(snapshot: Snapshot) -> Diagnosis:
         wf.requests += 1
         peers[index].add(f"{r.get('pid')}/{r.get('peer')}")
         source = r.get("wait_source", "none")
+        wf.wait_sources[source] = wf.wait_sources.get(source, 0) + 1
         if source != "none":
             timed += 1
         if source not in ("none", "header"):

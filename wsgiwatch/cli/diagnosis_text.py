@@ -154,6 +154,19 @@ def _who_blocked(d: Diagnosis) -> list[str]:
     return out
 
 
+def _wait_sources(d: Diagnosis) -> list[str]:
+    """Per worker, where its queue waits came from: the accept hook (exact), mod_wsgi's
+    keys, the kernel's view (within a few ms, and only for waits a poll saw), a proxy's
+    header (an upper bound), or nowhere."""
+    lines = []
+    for w in d.workers:
+        if w.wait_sources:
+            counts = sorted(w.wait_sources.items(), key=lambda kv: (-kv[1], kv[0]))
+            text = ", ".join(f"{source} {n}" for source, n in counts)
+            lines.append(f"  worker {w.worker} (pid {w.pid}): {text}")
+    return ["", "Where the queue waits come from, per worker (requests):", *lines] if lines else []
+
+
 def _where_waited(d: Diagnosis) -> list[str]:
     out = ["", "Where requests waited:"]
     out.append(
@@ -182,6 +195,7 @@ def _where_waited(d: Diagnosis) -> list[str]:
             f"  stalled right now: {_plural(d.stalls_now, 'request')}, oldest "
             f"{_s(d.oldest_stall_s)}"
         )
+    out += _wait_sources(d)
     if d.imbalance:
         shares = ", ".join(f"worker {w} {n} ({share:.0%})" for w, n, share in d.imbalance)
         fair = 1 / len(d.imbalance)

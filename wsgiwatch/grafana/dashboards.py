@@ -19,6 +19,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import dashboard as model
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
+from wsgiwatch.grafana.fleet import FLEET_UID, fleet
 from wsgiwatch.grafana.panels import (
     DASHED,
     DATASOURCE,
@@ -698,4 +699,9 @@ def to_json(board: model.Dashboard) -> dict[str, Any]:
 
 def build_all() -> dict[str, dict[str, Any]]:
     """Every dashboard, keyed by its file name in ``grafana/dashboards/``."""
-    return {f"{OVERVIEW_UID}.json": to_json(overview())}
+    fleet_board = fleet()
+    _tidy(fleet_board)
+    return {
+        f"{OVERVIEW_UID}.json": to_json(overview()),
+        f"{FLEET_UID}.json": to_json(fleet_board),
+    }

@@ -217,6 +217,85 @@ RECORDINGS: tuple[Recording, ...] = (
         )
         for percent, quantile in (("50", "0.5"), ("95", "0.95"), ("99", "0.99"))
     ),
+    # --- The fleet dashboard (wsgiwatch/grafana/fleet.py) reads only what follows, and the
+    # per-instance series above: one series per instance, or per job and blocker route. At
+    # 1,000 instances a panel then reads about a thousand series, not the hundred thousand
+    # of the raw per-route and per-bucket series.
+    Recording(
+        "stalled_now",
+        "job_instance:wsgiwatch_stalled_requests:sum",
+        'sum by (job, instance) (wsgiwatch_stalled_requests{job="$job"})',
+    ),
+    Recording(
+        "oldest_stall",
+        "job_instance:wsgiwatch_oldest_stall_seconds:max",
+        'max by (job, instance) (wsgiwatch_oldest_stall_seconds{job="$job"})',
+    ),
+    # Of the blocked requests, the share that waited while a sibling had a free slot (an
+    # instance that blocked nothing has no share, rather than 0/0).
+    Recording(
+        "misrouted_share",
+        "job_instance:wsgiwatch_misrouted_requests:ratio_rate$window",
+        "$misrouted_rate / ($blocked_rate > 0)",
+    ),
+    Recording(
+        "dropped_rate",
+        "job_instance:wsgiwatch_spool_records_dropped:rate$window",
+        _rate("wsgiwatch_spool_records_dropped_total", "job, instance"),
+    ),
+    Recording(
+        "poll_p99",
+        "job_instance_quantile:wsgiwatch_sidecar_poll_duration_seconds:"
+        "histogram_quantile_rate$window",
+        "histogram_quantile(0.99, "
+        + _rate("wsgiwatch_sidecar_poll_duration_seconds_bucket", "job, instance, le")
+        + ")",
+        (("quantile", "0.99"),),
+    ),
+    Recording(
+        "fleet_requests_rate",
+        "job:wsgiwatch_requests:rate$window",
+        "sum by (job) ($requests_rate)",
+    ),
+    Recording(
+        "fleet_blocked_rate",
+        "job:wsgiwatch_hol_blocked_requests:rate$window",
+        "sum by (job) ($blocked_rate)",
+    ),
+    Recording(
+        "fleet_misrouted_rate",
+        "job:wsgiwatch_misrouted_requests:rate$window",
+        "sum by (job) ($misrouted_rate)",
+    ),
+    Recording(
+        "fleet_blame",
+        "job_blocker_route:wsgiwatch_hol_blocked_seconds:rate$window",
+        "sum by (job, blocker_route) ($blame)",
+    ),
+    Recording(
+        "fleet_blocked_by_route",
+        "job_blocker_route:wsgiwatch_hol_blocked_requests:rate$window",
+        _rate("wsgiwatch_hol_blocked_requests_total", "job, blocker_route"),
+    ),
+    # How many instances each blocker route hurts (a count of the rates above zero): one
+    # slow route everywhere (a shared dependency) reads differently from one instance's bad
+    # luck.
+    Recording(
+        "fleet_blocking_instances",
+        "job_blocker_route:wsgiwatch_hol_blocked_seconds:count_rate$window",
+        "count by (job, blocker_route) ($blame > 0)",
+    ),
+    Recording(
+        "fleet_queue_wait_buckets",
+        "job_le:wsgiwatch_queue_wait_seconds_bucket:rate$window",
+        "sum by (job, le) ($queue_wait_buckets)",
+    ),
+    Recording(
+        "fleet_queue_wait_p99",
+        "job_quantile:wsgiwatch_queue_wait_seconds:histogram_quantile_rate$window",
+        "histogram_quantile(0.99, $fleet_queue_wait_buckets)",
+        (("quantile", "0.99"),),
+    ),
 )
 RECORDINGS_BY_KEY: Mapping[str, Recording] = {rec.key: rec for rec in RECORDINGS}
 

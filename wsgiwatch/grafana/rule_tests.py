@@ -294,6 +294,116 @@ def _recordings_group(settings: d.Settings) -> dict[str, Any]:
     }
 
 
+def _fleet_group(settings: d.Settings) -> dict[str, Any]:
+    """The fleet recordings on two instances: busy ``a`` blocks and misroutes, ``b`` blocks
+    less, behind two routes, one of which blocks nobody there."""
+    a, b = APP, "b:9808"
+    blocked = "wsgiwatch_hol_blocked_requests_total"
+    seconds = "wsgiwatch_hol_blocked_seconds_total"
+    poll = "wsgiwatch_sidecar_poll_duration_seconds_bucket"
+    series = [
+        (_s("wsgiwatch_requests_total", instance=a, route="/", status_class="2xx"), "0+600x10"),
+        (_s("wsgiwatch_requests_total", instance=b, route="/", status_class="2xx"), "0+300x10"),
+        (_s(blocked, instance=a, blocker_route="/report"), "0+60x10"),
+        (_s(blocked, instance=b, blocker_route="/report"), "0+30x10"),
+        (_s(blocked, instance=b, blocker_route="/export"), "0+30x10"),
+        (_s(seconds, instance=a, blocker_route="/report"), "0+30x10"),
+        (_s(seconds, instance=b, blocker_route="/report"), "0+6x10"),
+        (_s(seconds, instance=b, blocker_route="/export"), "0x10"),
+        (_s("wsgiwatch_misrouted_requests_total", instance=a), "0+30x10"),
+        (_s("wsgiwatch_misrouted_requests_total", instance=b), "0x10"),
+        (_s("wsgiwatch_stalled_requests", instance=a, worker="0"), "2x10"),
+        (_s("wsgiwatch_stalled_requests", instance=a, worker="1"), "1x10"),
+        (_s("wsgiwatch_stalled_requests", instance=b, worker="0"), "0x10"),
+        (_s("wsgiwatch_oldest_stall_seconds", instance=a), "1.5x10"),
+        (_s("wsgiwatch_oldest_stall_seconds", instance=b), "0x10"),
+        (_s("wsgiwatch_spool_records_dropped_total", instance=a), "0+6x10"),
+        (_s("wsgiwatch_spool_records_dropped_total", instance=b), "0x10"),
+        # 99 of the fleet's 100 waits per second under 0.1 s (49.5 of 50 on each).
+        *[
+            (_s("wsgiwatch_queue_wait_seconds_bucket", instance=i, route="/", le=le), values)
+            for i in (a, b)
+            for le, values in (("0.1", "0+2970x10"), ("1", "0+3000x10"), ("+Inf", "0+3000x10"))
+        ],
+        # a: 99% of its polls under 5 ms, all under 10 ms.
+        (_s(poll, instance=a, le="0.005"), "0+2970x10"),
+        (_s(poll, instance=a, le="0.01"), "0+3000x10"),
+        (_s(poll, instance=a, le="+Inf"), "0+3000x10"),
+    ]
+    job = settings.job
+
+    def sample(key: str, value: float, **labels: str) -> dict[str, Any]:
+        rec = d.RECORDINGS_BY_KEY[key]
+        name = d.record_name(rec, settings)
+        text = _labels_text({"job": job, **dict(rec.labels), **labels})
+        return {"labels": name + text, "value": value}
+
+    expect = [
+        (
+            "stalled_now",
+            [sample("stalled_now", 3, instance=a), sample("stalled_now", 0, instance=b)],
+        ),
+        (
+            "oldest_stall",
+            [sample("oldest_stall", 1.5, instance=a), sample("oldest_stall", 0, instance=b)],
+        ),
+        # b blocked 1 request/s of which none misrouted; a 1/s, half misrouted.
+        (
+            "misrouted_share",
+            [sample("misrouted_share", 0.5, instance=a), sample("misrouted_share", 0, instance=b)],
+        ),
+        (
+            "dropped_rate",
+            [sample("dropped_rate", 0.1, instance=a), sample("dropped_rate", 0, instance=b)],
+        ),
+        ("poll_p99", [sample("poll_p99", 0.005, instance=a)]),
+        ("fleet_requests_rate", [sample("fleet_requests_rate", 15)]),
+        ("fleet_blocked_rate", [sample("fleet_blocked_rate", 2)]),
+        ("fleet_misrouted_rate", [sample("fleet_misrouted_rate", 0.5)]),
+        (
+            "fleet_blame",
+            [
+                sample("fleet_blame", 0, blocker_route="/export"),
+                sample("fleet_blame", 0.6, blocker_route="/report"),
+            ],
+        ),
+        (
+            "fleet_blocked_by_route",
+            [
+                sample("fleet_blocked_by_route", 0.5, blocker_route="/export"),
+                sample("fleet_blocked_by_route", 1.5, blocker_route="/report"),
+            ],
+        ),
+        # /export blocked requests on b but made them wait 0 s: it hurts no instance.
+        (
+            "fleet_blocking_instances",
+            [sample("fleet_blocking_instances", 2, blocker_route="/report")],
+        ),
+    ]
+    expect.append(("fleet_queue_wait_p99", [sample("fleet_queue_wait_p99", 0.1)]))
+    tested = {key for key, _ in expect}
+    first_fleet = d.RECORDINGS.index(d.RECORDINGS_BY_KEY["stalled_now"])
+    fleet_keys = {rec.key for rec in d.RECORDINGS[first_fleet:]}
+    missing = fleet_keys - tested - {"fleet_queue_wait_buckets"}  # (read by the p99)
+    if missing:
+        raise ValueError(f"fleet recordings without a unit test: {sorted(missing)}")
+    return {
+        "name": "recording rules: the fleet, two instances",
+        "interval": "1m",
+        "input_series": [
+            {"series": d.expand(s, settings, inline=True), "values": v} for s, v in series
+        ],
+        "promql_expr_test": [
+            {
+                "expr": d.expand(f"${key}", settings, inline=False),
+                "eval_time": "10m",
+                "exp_samples": samples,
+            }
+            for key, samples in expect
+        ],
+    }
+
+
 def build(settings: d.Settings | None = None, *, rule_file: str) -> dict[str, Any]:
     """The promtool test file for ``rule_file`` (a path relative to the test file)."""
     s = settings or d.Settings()
@@ -306,5 +416,5 @@ def build(settings: d.Settings | None = None, *, rule_file: str) -> dict[str, An
     return {
         "rule_files": [rule_file],
         "evaluation_interval": "1m",
-        "tests": [_group(case, s) for case in CASES] + [_recordings_group(s)],
+        "tests": [_group(case, s) for case in CASES] + [_recordings_group(s), _fleet_group(s)],
     }

@@ -21,7 +21,7 @@ import socket
 import sys
 import time
 from collections.abc import Collection
-from typing import Any
+from typing import Any, NamedTuple
 
 from wsgiwatch.kernel import netlink, procfs, visibility
 from wsgiwatch.kernel.errors import (
@@ -61,6 +61,12 @@ _MAX_FILTER_PORTS = 2048
 _FAMILIES = ((socket.AF_INET, "IPv4"), (socket.AF_INET6, "IPv6"))
 
 
+class _DumpOptions(NamedTuple):
+    states: int
+    local_only: bool
+    skip_quiet: bool
+
+
 class KernelObserver:
     """Dumps TCP and unix sockets from the kernel, and maps sockets to processes via procfs.
 
@@ -68,11 +74,12 @@ class KernelObserver:
     and may be shared between threads.
     """
 
-    __slots__ = ("_kernel_filter", "_logged", "procfs_root")
+    __slots__ = ("_kernel_filter", "_logged", "_one_walk", "procfs_root")
 
     def __init__(self, procfs_root: str = "/proc") -> None:
         self.procfs_root = procfs_root
         self._kernel_filter = True  # cleared if the kernel refuses the port filter program
+        self._one_walk = True  # cleared if the kernel refuses TCPDIAG_GETSOCK (both families)
         self._logged: set[str] = set()
 
     def _notice(self, notices: list[str], text: str) -> None:
@@ -93,6 +100,9 @@ class KernelObserver:
         *,
         unix: bool = True,
         unix_paths: Collection[str] | None = None,
+        tcp_states: int = netlink.DEFAULT_TCP_STATES,
+        local_only: bool = False,
+        skip_quiet: bool = False,
     ) -> KernelSnapshot:
         """Dump TCP (IPv4 and IPv6, with tcp_info) and, unless ``unix`` is false, unix sockets.
 
@@ -100,8 +110,11 @@ class KernelObserver:
         the filtering); ``None`` keeps all. ``unix_paths`` keeps unix sockets bound to one of
         those names (listeners and the server ends of their connections, which share the
         name) plus the sockets connected to those. TIME_WAIT and half-open request sockets are
-        left out. Unsupported or refused: empty lists and a notice. A reply that does not
-        parse raises :class:`KernelParseError` (a bug to report, not a condition to expect).
+        left out. ``tcp_states`` (a bit per state) narrows the TCP states, ``local_only``
+        matches ``tcp_ports`` on the local port only, ``skip_quiet`` leaves out connections
+        no request can be waiting on (see :func:`netlink.parse_inet_diag`). Unsupported or
+        refused: empty lists and a notice. A reply that does not parse raises
+        :class:`KernelParseError` (a bug to report, not a condition to expect).
         """
         notices: list[str] = []
         if not supported:
@@ -116,33 +129,66 @@ class KernelObserver:
             return KernelSnapshot([], [], now, now, tuple(notices))
         with sock:
             started = time.monotonic_ns()
-            tcp = self._dump_tcp(sock, tcp_ports, notices)
+            tcp = self._dump_tcp(sock, tcp_ports, notices, tcp_states, local_only, skip_quiet)
             unix_socks = self._dump_unix(sock, unix_paths, notices) if unix else []
             finished = time.monotonic_ns()
         return KernelSnapshot(tcp, unix_socks, started, finished, tuple(notices))
 
     def _dump_tcp(
-        self, sock: socket.socket, tcp_ports: Collection[int] | None, notices: list[str]
+        self,
+        sock: socket.socket,
+        tcp_ports: Collection[int] | None,
+        notices: list[str],
+        states: int = netlink.DEFAULT_TCP_STATES,
+        local_only: bool = False,
+        skip_quiet: bool = False,
     ) -> list[TcpSocket]:
         ports = None if tcp_ports is None else frozenset(tcp_ports)
         if ports is not None and not ports:
             return []
+        options = _DumpOptions(states, local_only, skip_quiet)
+        if self._one_walk:
+            # One walk of the kernel's socket hash for both families (it costs about a
+            # millisecond per walk however few sockets match; see build_tcpdiag_request).
+            try:
+                return self._dump_family(sock, None, ports, options)
+            except NetlinkError as exc:
+                self._one_walk = False
+                _log().info(
+                    "kernel.tcpdiag_refused", fallback="one dump per family", error=str(exc)
+                )
         out: list[TcpSocket] = []
         for family, label in _FAMILIES:
             try:
-                out += self._dump_family(sock, family, ports)
+                out += self._dump_family(sock, family, ports, options)
             except NetlinkError as exc:  # e.g. IPv6 disabled at boot: ENOENT for that family
                 self._notice(notices, f"TCP/{label} dump refused by the kernel: {exc}")
         return out
 
     def _dump_family(
-        self, sock: socket.socket, family: int, ports: frozenset[int] | None
+        self,
+        sock: socket.socket,
+        family: int | None,
+        ports: frozenset[int] | None,
+        options: _DumpOptions,
     ) -> list[TcpSocket]:
+        """One dump: of ``family``, or of both (``None``: the TCPDIAG_GETSOCK request)."""
+        states, local_only, skip_quiet = options
+
+        def request(seq: int, filtered: frozenset[int] | None) -> bytes:
+            if family is None:
+                return netlink.build_tcpdiag_request(
+                    seq, states=states, ports=filtered, local_only=local_only
+                )
+            return netlink.build_inet_diag_request(
+                family, seq, states=states, ports=filtered, local_only=local_only
+            )
+
+        parse = netlink.parse_inet_diag
         if ports is not None and self._kernel_filter and len(ports) <= _MAX_FILTER_PORTS:
             seq = netlink.next_seq()
-            request = netlink.build_inet_diag_request(family, seq, ports=ports)
             try:
-                return netlink.dump(sock, request, seq, netlink.parse_inet_diag)
+                return netlink.dump(sock, request(seq, ports), seq, parse, skip_quiet=skip_quiet)
             except NetlinkError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
@@ -152,8 +198,15 @@ class KernelObserver:
                     "kernel.port_filter_refused", fallback="filtering TCP sockets in Python"
                 )
         seq = netlink.next_seq()
-        request = netlink.build_inet_diag_request(family, seq)
-        return netlink.dump(sock, request, seq, netlink.parse_inet_diag, ports=ports)
+        return netlink.dump(
+            sock,
+            request(seq, None),
+            seq,
+            parse,
+            ports=ports,
+            local_only=local_only,
+            skip_quiet=skip_quiet,
+        )
 
     def _dump_unix(
         self, sock: socket.socket, unix_paths: Collection[str] | None, notices: list[str]

@@ -20,6 +20,7 @@ every ``struct`` below uses ``=`` (standard sizes, no alignment)::
                            68 u32 inode; then attributes, 2 INET_DIAG_INFO = struct tcp_info
     tcp_info (prefix read) 0 u8 state  24 u32 unacked  28 u32 sacked  44 u32 last_data_sent
                            52 u32 last_data_recv (56 bytes; every kernel since 2.6 sends more)
+                           156 u32 data_segs_out (Linux 4.6+; read by skip_quiet only)
     unix_diag_req (24)     0 u8 family  1 u8 protocol  2 pad  4 u32 states  8 u32 ino
                            12 u32 show (UDIAG_SHOW_* bits)  16 u32[2] cookie
     unix_diag_msg (16)     0 u8 family  1 u8 type  2 u8 state  3 pad  4 u32 ino  8 u32[2] cookie
@@ -49,6 +50,7 @@ __all__ = [
     "TcpInfo",
     "build_inet_diag_request",
     "build_port_filter",
+    "build_tcpdiag_request",
     "build_unix_diag_request",
     "decode_addr",
     "dump",
@@ -65,6 +67,9 @@ T = TypeVar("T")
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
+#: The older inet_diag request (``struct inet_diag_req``): its dumps cover IPv4 and IPv6 in
+#: one walk of the kernel's socket hash, where SOCK_DIAG_BY_FAMILY walks it once per family.
+TCPDIAG_GETSOCK = 18
 NLMSG_NOOP = 1
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
@@ -91,6 +96,8 @@ _U32X2 = struct.Struct("=II")
 _BC_OP = struct.Struct("=BBH")
 # family, protocol, ext, pad, states; then the 48-byte sockid, all zero: "any socket".
 _INET_DIAG_REQ_V2 = struct.Struct("=BBBxI48x")
+# inet_diag_req: family, src_len, dst_len, ext, the 48-byte sockid (zero), states, dbs.
+_INET_DIAG_REQ = struct.Struct("=BBBB48xII")
 # family, state, (timer, retrans, ports), src, dst, (ifindex, cookie, expires), rqueue,
 # wqueue, uid, inode. Ports are big-endian, so they are read by _PORTS instead.
 _INET_DIAG_MSG = struct.Struct("=BB6x16s16s16xIIII")
@@ -99,7 +106,12 @@ _PORTS = struct.Struct("!HH")
 _TCP_INFO = struct.Struct("=B23xII12xI4xI")
 _UNIX_DIAG_REQ = struct.Struct("=BBxxIII8x")
 _UNIX_DIAG_MSG = struct.Struct("=BBBxI8x")
-assert _INET_DIAG_REQ_V2.size == 56 and _INET_DIAG_MSG.size == 72 and _TCP_INFO.size == 56
+assert (
+    _INET_DIAG_REQ.size == 60
+    and _INET_DIAG_REQ_V2.size == 56
+    and _INET_DIAG_MSG.size == 72
+    and _TCP_INFO.size == 56
+)
 assert _UNIX_DIAG_REQ.size == 24 and _UNIX_DIAG_MSG.size == 16
 
 _STATE_NAMES = {
@@ -188,8 +200,10 @@ def decode_addr(family: int, raw: bytes) -> str:
     return name
 
 
-def build_port_filter(ports: Collection[int]) -> bytes:
-    """Bytecode for ``INET_DIAG_REQ_BYTECODE`` keeping sockets whose local or peer port is listed.
+def build_port_filter(ports: Collection[int], *, local_only: bool = False) -> bytes:
+    """Bytecode for ``INET_DIAG_REQ_BYTECODE`` keeping sockets whose local or peer port is listed
+    (``local_only``: whose local port is: a server's side of its connections, not the
+    clients' when they run on the same host).
 
     ``struct inet_diag_bc_op`` is ``u8 code, u8 yes, u16 no``: the kernel runs ops from the
     start, moving ``yes`` bytes on when an op matches and ``no`` bytes when not; landing
@@ -205,12 +219,13 @@ def build_port_filter(ports: Collection[int]) -> bytes:
     wanted = sorted(set(ports))
     if any(not 0 <= p <= 0xFFFF for p in wanted):
         raise ValueError(f"ports out of range 0..65535: {wanted}")
-    total = 24 * len(wanted) + 4
+    codes = (INET_DIAG_BC_S_EQ,) if local_only else (INET_DIAG_BC_S_EQ, INET_DIAG_BC_D_EQ)
+    total = 12 * len(codes) * len(wanted) + 4
     if total > 0xFFFF - 4:
         raise ValueError(f"{len(wanted)} ports are too many for one filter")
     parts: list[bytes] = []
     for port in wanted:
-        for code in (INET_DIAG_BC_S_EQ, INET_DIAG_BC_D_EQ):
+        for code in codes:
             jmp_at = 12 * len(parts) + 8
             parts.append(_BC_OP.pack(code, 8, 12))
             parts[-1] += _BC_OP.pack(0, 0, port) + _BC_OP.pack(INET_DIAG_BC_JMP, 4, total - jmp_at)
@@ -224,6 +239,7 @@ def build_inet_diag_request(
     *,
     states: int = DEFAULT_TCP_STATES,
     ports: Collection[int] | None = None,
+    local_only: bool = False,
 ) -> bytes:
     """A ``SOCK_DIAG_BY_FAMILY`` dump request for TCP sockets of one family, with tcp_info.
 
@@ -231,9 +247,35 @@ def build_inet_diag_request(
     """
     body = _INET_DIAG_REQ_V2.pack(family, socket.IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1), states)
     if ports is not None:
-        bytecode = build_port_filter(ports)
+        bytecode = (
+            build_port_filter(ports, local_only=True) if local_only else build_port_filter(ports)
+        )
         body += _NLATTR.pack(4 + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
     header = _NLMSGHDR.pack(16 + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
+    return header + body
+
+
+def build_tcpdiag_request(
+    seq: int,
+    *,
+    states: int = DEFAULT_TCP_STATES,
+    ports: Collection[int] | None = None,
+    local_only: bool = False,
+) -> bytes:
+    """A ``TCPDIAG_GETSOCK`` dump request: TCP sockets of both families, with tcp_info.
+
+    The kernel walks its whole established-socket hash for every dump that asks for any
+    state but LISTEN: about a millisecond for 262,144 buckets here, however few sockets
+    match. This request's dump covers IPv4 and IPv6 in one walk, half the cost of one
+    ``SOCK_DIAG_BY_FAMILY`` dump per family. Replies are the same ``inet_diag_msg``.
+    """
+    body = _INET_DIAG_REQ.pack(socket.AF_INET, 0, 0, 1 << (INET_DIAG_INFO - 1), states, 0)
+    if ports is not None:
+        bytecode = (
+            build_port_filter(ports, local_only=True) if local_only else build_port_filter(ports)
+        )
+        body += _NLATTR.pack(4 + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
+    header = _NLMSGHDR.pack(16 + len(body), TCPDIAG_GETSOCK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
     return header + body
 
 
@@ -277,7 +319,7 @@ def split_messages(
         if length < 16 or length > end - off:
             raise KernelParseError("nlmsghdr", f"nlmsg_len {length}, {end - off} bytes left", off)
         if seq is None or mseq == seq:
-            if mtype == SOCK_DIAG_BY_FAMILY:
+            if mtype in (SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK):
                 append((off + 16, off + length))
             elif mtype == NLMSG_DONE:
                 if length >= 20:
@@ -306,11 +348,17 @@ def parse_inet_diag(
     *,
     seq: int | None = None,
     ports: Collection[int] | None = None,
+    local_only: bool = False,
+    skip_quiet: bool = False,
 ) -> tuple[list[TcpSocket], bool]:
     """Parse one datagram of an inet_diag dump reply into :class:`TcpSocket` records.
 
-    ``ports`` keeps only sockets whose local or peer port is listed (for kernels that refuse
-    the bytecode filter). Returns ``(sockets, done)``.
+    ``ports`` keeps only sockets whose local (``local_only``) or peer port is listed (for
+    kernels that refuse the bytecode filter). ``skip_quiet`` leaves out the connections no
+    request can be waiting on: established, held by a process, nothing unread, and data
+    sent more recently than received (a kept-alive connection between requests). A thousand
+    idle keep-alive connections then cost a loop turn each, not an object each.
+    Returns ``(sockets, done)``.
     """
     spans, done = split_messages(buf, end, seq)
     out: list[TcpSocket] = []
@@ -325,7 +373,7 @@ def parse_inet_diag(
             raise KernelParseError("inet_diag_msg", f"{stop - start} bytes, need 72", start)
         family, state, src, dst, rqueue, wqueue, uid, inode = unpack_msg(buf, start)
         sport, dport = unpack_ports(buf, start + 4)
-        if ports is not None and sport not in ports and dport not in ports:
+        if ports is not None and sport not in ports and (local_only or dport not in ports):
             continue
         info_at = info_len = -1
         a = start + 72
@@ -354,6 +402,21 @@ def parse_inet_diag(
             _, unacked, sacked, sent, recv = parse_tcp_info(buf, info_at, info_len)
         else:
             unacked = sacked = sent = recv = None
+        if (
+            skip_quiet
+            and state == 1
+            and inode
+            and not rqueue
+            and recv is not None
+            and sent is not None
+            and (
+                recv > sent
+                # Asked and answered within one jiffy (a fast request): quiet too if it
+                # has sent data (a fresh connection's first request has not).
+                or (recv == sent and info_len >= 160 and _U32.unpack_from(buf, info_at + 156)[0])
+            )
+        ):
+            continue
         append(
             make_tcp_socket(
                 family,

@@ -16,8 +16,8 @@ from wsgiwatch.sidecar import accumulate as acc
 from wsgiwatch.sidecar.arrivals import PROXY_ROUNDING_NS, ArrivalJoin, Ready, unix_record
 from wsgiwatch.sidecar.connections import plain_addr
 from wsgiwatch.sidecar.incidents import IncidentLog
+from wsgiwatch.sidecar.recent import Outcome, RecentBuffer
 from wsgiwatch.sidecar.verdicts import Verdict, judge
-from wsgiwatch.sidecar.views import RECENT_KEPT, RequestView, peer_text
 from wsgiwatch.sidecar.workers import Worker
 from wsgiwatch.spool.reader import Record, queue_wait_ns
 
@@ -71,7 +71,7 @@ class Accountant:
         self.arrivals = arrivals
         self.incidents = incidents
         self.threshold_ns = threshold_ns
-        self.recent: collections.deque[RequestView] = collections.deque(maxlen=RECENT_KEPT)
+        self.recent = RecentBuffer()
         self._seen_conns: dict[int, collections.OrderedDict[tuple[str, int], None]] = {}
 
     def answered(self, index: int) -> collections.OrderedDict[tuple[str, int], None] | None:
@@ -97,38 +97,20 @@ class Accountant:
         t.durations.observe((route,), duration_s)
         t.busy_seconds.inc((str(worker.index),), duration_s)
         self._note_connection(worker, record)
-        view: RequestView = {
-            "worker": worker.index,
-            "pid": record.pid,
-            "tid": record.tid,
-            "request": record.request,
-            "method": record.method,
-            "route": record.route,
-            "status": record.status,
-            "peer": peer_text(record.peer, record.peer_port),
-            "accept_ns": record.accept_ns or None,
-            "arrival_ns": record.arrival_ns or None,
-            "ready_ns": None,
-            "entry_ns": record.entry_ns,
-            "exit_ns": record.exit_ns,
-            "wait_s": None,
-            "wait_source": "none",
-            "blocked": False,
-            "misrouted": False,
-            "blockers": [],
-            "phases": {},
-        }
-        self.recent.append(view)
+        # What the API and `wsgiwatch timeline` show of this request; filled in below.
+        outcome = self.recent.add(worker.index, record)
         ready = self.arrivals.ready(record, wall_offset)
         if ready is None:
             t.wait_sources.inc(("none",))
+            worker.wait_sources["none"] += 1
             return
         ready_ns, source = ready.ns, ready.source
         t.wait_sources.inc((source,))
+        worker.wait_sources[source] += 1
         wait_ns = queue_wait_ns(record.entry_ns, ready_ns)
-        view["ready_ns"], view["wait_s"], view["wait_source"] = ready_ns, wait_ns / 1e9, source
+        outcome.ready_ns, outcome.wait_s, outcome.wait_source = ready_ns, wait_ns / 1e9, source
         t.queue_waits.observe((route,), wait_ns / 1e9)
-        view["phases"] = phases = self._phases(record, ready, wall_offset)
+        outcome.phases = phases = self._phases(record, ready, wall_offset)
         for phase, seconds in phases.items():
             t.wait_phases.observe((phase,), seconds)
         verdict = judge(
@@ -141,7 +123,7 @@ class Accountant:
             now_ns=now_ns,
         )
         if verdict is not None:
-            self._blocked(worker, record, source, wait_ns, verdict, view)
+            self._blocked(worker, record, source, wait_ns, verdict, outcome)
 
     def _blocked(
         self,
@@ -150,7 +132,7 @@ class Accountant:
         source: str,
         wait_ns: int,
         verdict: Verdict,
-        view: RequestView,
+        outcome: Outcome,
     ) -> None:
         t = self.tallies
         t.blocked.inc((t.blocker_route(verdict.blames[0].run.route),))
@@ -158,9 +140,9 @@ class Accountant:
             t.blocked_seconds.inc((t.blocker_route(blame.run.route),), blame.share_s)
         if verdict.misrouted:
             t.misrouted.inc()
-        view["blocked"] = True
-        view["misrouted"] = verdict.misrouted
-        view["blockers"] = [
+        outcome.blocked = True
+        outcome.misrouted = verdict.misrouted
+        outcome.blockers = [
             {
                 "pid": b.run.pid,
                 "request": b.run.request,
@@ -169,6 +151,7 @@ class Accountant:
             }
             for b in verdict.blames
         ]
+        self.recent.judged(outcome)
         self.incidents.add(worker.index, record, source, wait_ns, verdict)
 
     def _note_connection(self, worker: Worker, record: Record) -> None:

@@ -1,8 +1,10 @@
 """The kernel's side of one poll: listener backlogs, and connections waiting inside workers.
 
-One dump of the kernel's sockets per poll, joined with the sockets each worker holds
+One view of the kernel's sockets per poll, joined with the sockets each worker holds
 (``/proc/PID/fd``) and with what each worker's scoreboard says it is serving
-(:mod:`wsgiwatch.sidecar.connections` does the classifying).
+(:mod:`wsgiwatch.sidecar.connections` does the classifying). The view comes from a
+:class:`~wsgiwatch.kernel.socket_watch.SocketWatch`, whose cost does not grow with idle
+connections: fd maps cached, connections dumped only while a worker is at capacity.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Collection, Container, Mapping, Sequence
 import structlog
 
 from wsgiwatch.kernel import KernelError, KernelObserver, KernelSnapshot, visibility
+from wsgiwatch.kernel.socket_watch import SocketWatch
 from wsgiwatch.sidecar.arrivals import serving
 from wsgiwatch.sidecar.connections import Waiting, classify, find_listeners, listener_label
 from wsgiwatch.sidecar.unix_waits import UnixWaits, held_connections, unix_listeners
@@ -27,6 +30,7 @@ class KernelView:
     def __init__(self, observer: KernelObserver, listener_ports: Collection[int]) -> None:
         self.observer = observer
         self.listener_ports = set(listener_ports)
+        self.sockets = SocketWatch(observer, listener_ports=self.listener_ports)
         self.listen_backlog: dict[str, tuple[int, int]] = {}  # listener -> (queued, limit)
         self.backlog_connections = 0  # connections in the accept queues, held by no process
         self.waiting: list[Waiting] = []  # TCP connections waiting inside a worker
@@ -44,15 +48,17 @@ class KernelView:
         """Dump and classify. ``answered``: per pid, peers it has answered before. None
         when the dump failed (counted as a notice and logged once)."""
         ports = self.listener_ports or None
-        inodes = {w.pid: self.observer.socket_inodes(w.pid) for w in live}
+        # No request can wait inside a worker with a free slot: without one at capacity,
+        # the listeners (and their backlogs) are all there is to see.
+        full = any(w.busy >= w.blocking_capacity for w in live)
         try:
-            snapshot = self.observer.snapshot(tcp_ports=ports)
+            snapshot, inodes = self.sockets.poll([w.pid for w in live], connections=full)
         except KernelError as exc:  # a reply we cannot parse: report it, keep the spools
             self.notices = (f"kernel dump failed: {exc}",)
             if not self._error_logged:
                 self._error_logged = True
                 log.error("kernel.dump_failed", error=str(exc))
-            self._note_blind(live, inodes, failed=True)
+            self._note_blind(live, self.sockets.inodes, failed=True)
             return None
         self.notices = snapshot.notices
         self._note_blind(live, inodes, failed=bool(snapshot.notices))

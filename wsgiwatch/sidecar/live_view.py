@@ -79,6 +79,7 @@ def worker_view(w: Worker, now: int) -> WorkerView:
         "accelerated": w.header.accelerated,
         "multithread": bool(w.header.flags & fmt.HEADER_FLAG_MULTITHREAD),
         "rss_bytes": w.rss,
+        "wait_sources": dict(w.wait_sources),
         "slots": [slot_view(s) for s in list(w.slots)],
         "stuck": [slot_view(s) for s in list(w.stuck)],
     }

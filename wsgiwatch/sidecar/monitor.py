@@ -48,7 +48,19 @@ from wsgiwatch.sidecar.workers import Worker, WorkerRegistry
 from wsgiwatch.spool import layout as fmt
 from wsgiwatch.spool.reader import Record, SlotState
 
+#: Poll again, early if need be, before a worker's ring is this full at its current rate.
+#: A quarter: the poll thread may wake late (a busy host), the poll itself take a while,
+#: and the rate jump, by three times the interval together before a record is lost.
+DRAIN_AT = 0.25
+#: drain_by() reads the ring heads at most this often, and at most every this much per
+#: worker (its cost grows with the workers).
+HEADS_EVERY_S = 0.05
+HEADS_PER_WORKER_S = 0.002
+
 log = structlog.get_logger("wsgiwatch.sidecar")
+#: How often the poll loop looks at the scoreboards between polls, and polls while some
+#: worker is at capacity (:meth:`Monitor.at_capacity`).
+FAST_INTERVAL_S = 0.05
 
 Drained = dict[Worker, list[Record]]
 T = TypeVar("T")
@@ -72,6 +84,7 @@ class Monitor:
     ) -> None:
         self.spool_dir = spool_dir
         self.poll_interval_s = poll_interval_s
+        self.fast_interval_s = min(FAST_INTERVAL_S, poll_interval_s)
         self.threshold_ns = int(threshold_s * 1e9)
         # A slot busy this long is not a request any more but a server that never called
         # close(): shown as stuck, no longer counted as busy (else its worker would look
@@ -95,7 +108,14 @@ class Monitor:
         self._stuck_logged: set[tuple[int, int]] = set()
         self.collector = SidecarCollector(self)
         self.stalls: list[Stall] = []
+        #: Finished requests read but not judged yet (see ``poll``).
+        self._deferred: list[tuple[Worker, Record]] = []
         self.torn = 0  # records claimed by writers that never finished them
+        # When to poll again, sooner than the schedule, so that no ring overflows: see
+        # drain_by(). pid -> (when its header was last read, its ring head then).
+        self._read_at: dict[int, tuple[int, int]] = {}
+        self._drain_by: float | None = None
+        self._heads_read_at = 0.0
         self.spool_dir_problem: str | None = None  # why workers would refuse the directory
         self.poll_durations = acc.Histogram(acc.POLL_BUCKETS)
         self.polls = 0
@@ -103,6 +123,24 @@ class Monitor:
         self.last_poll_duration = 0.0
 
     # -- the poll ----------------------------------------------------------------------------
+    def at_capacity(self) -> bool:
+        """A cheap look between polls (scoreboards only, no kernel): is some worker at
+        capacity right now, or a stall still on? The poll loop then polls at once, and
+        keeps polling every :data:`FAST_INTERVAL_S` while it lasts: a request queued
+        behind a busy worker is on /metrics within that, not a whole poll interval later."""
+        if self.stalls:
+            return True
+        for worker in list(self.registry.workers.values()):
+            if not worker.alive:
+                continue
+            try:
+                busy = len(worker.reader.scoreboard())
+            except Exception:  # a damaged or vanished spool: the poll deals with it
+                continue
+            if busy >= max(1, worker.capacity):
+                return True
+        return False
+
     def poll(self) -> None:
         started = time.monotonic()
         self.registry.refresh()
@@ -129,9 +167,22 @@ class Monitor:
                 drained[worker] = records
         workers = list(drained)
         live = [w for w in workers if w.alive]
-        finished = [(w, r) for w, records in drained.items() for r in records]
+        finished, self._deferred = self._deferred, []
+        soonest_ns: int | None = None
+        for worker, records in drained.items():
+            finished += [(worker, r) for r in records]
+            fill_ns = self._time_to_fill(worker, now)
+            if fill_ns is not None and (soonest_ns is None or fill_ns < soonest_ns):
+                soonest_ns = fill_ns
+        self._drain_by = None if soonest_ns is None else time.monotonic() + soonest_ns / 1e9
         finished.sort(key=lambda item: item[1].exit_ns)
         for worker, record in finished:
+            if record.exit_ns >= now and worker.alive:
+                # It ended after this poll's scoreboard read: a request that began after
+                # that read and still runs is in neither the scoreboard nor the records,
+                # and may have blocked this one. Judged next poll, when it is in one.
+                self._deferred.append((worker, record))
+                continue
             self.accountant.finished(worker, record, workers, now, wall_offset)
         kernel = self.kernel
         self.stalls = find_stalls(
@@ -153,6 +204,48 @@ class Monitor:
         self.last_poll_duration = self.last_poll_mono - started
         self.poll_durations.observe((), self.last_poll_duration)
 
+    def _time_to_fill(self, worker: Worker, now: int) -> int | None:
+        """Nanoseconds until ``worker``'s ring is DRAIN_AT full again, at the rate it wrote
+        since the last poll (its ring head's progress; None: it wrote nothing)."""
+        head = worker.header.ring_head
+        last = self._read_at.get(worker.pid)
+        self._read_at[worker.pid] = (now, head)
+        if last is None or head <= last[1] or now <= last[0]:
+            return None
+        rate_ns = (now - last[0]) / (head - last[1])  # ns per record
+        return int(DRAIN_AT * worker.header.ring_capacity * rate_ns)
+
+    def drain_by(self) -> float | None:
+        """``time.monotonic()`` by which the next poll should run so that no worker's ring
+        overflows (None: whenever the schedule says).
+
+        Rings are fixed when a worker starts (4,096 records by default); a sidecar that
+        polls every 0.5 s would lose records from a worker writing over 8,000 a second. So:
+        at the rate each worker wrote since the last poll, the time its ring is DRAIN_AT
+        full; and, for a burst out of quiet, now if a ring is that full already (one header
+        read per worker: the poll loop asks a few times per interval). The poll loop polls
+        early then (an optional method: monitors without it poll on the schedule only)."""
+        now = time.monotonic()
+        due = self._drain_by
+        if due is not None and due <= now:
+            return due
+        workers = list(self.registry.workers.values())
+        # A header read per worker costs a few microseconds: with many workers, look less
+        # often (64 workers: every 128 ms, under 3 ms of CPU per second).
+        if now - self._heads_read_at < max(HEADS_EVERY_S, HEADS_PER_WORKER_S * len(workers)):
+            return due
+        self._heads_read_at = now
+        for worker in workers:
+            if not worker.alive:
+                continue
+            try:
+                header = worker.reader.header()
+            except SpoolFormatError:
+                continue  # the poll will count it
+            if header.ring_head - worker.reader.cursor >= DRAIN_AT * header.ring_capacity:
+                return now
+        return due
+
     def _check_spool_dir(self) -> None:
         problem = spool_dir_problem(self.spool_dir, workers=len(self.registry.live()))
         if problem is not None and problem != self.spool_dir_problem:
@@ -165,6 +258,7 @@ class Monitor:
         try:
             return read(worker, now)
         except SpoolFormatError as exc:
+            self._read_at.pop(worker.pid, None)
             self.arrivals.forget(worker.pid)
             self.registry.drop(worker, exc)
             return None
@@ -241,6 +335,7 @@ class Monitor:
             self._unstarted.seen(worker.pid, unstarted[worker.pid], answered)
 
     def _retire(self, worker: Worker, final_slots: list[SlotState], now: int) -> None:
+        self._read_at.pop(worker.pid, None)
         running = {peer_key(worker.pid, s.peer, s.peer_port) for s in final_slots}
         unstarted = self._unstarted.at_death(worker.pid, running)
         if worker.gone:  # its process ended: what it was running died with it
@@ -262,7 +357,7 @@ class Monitor:
         offset that turns their monotonic times into wall-clock ones."""
         now = time.monotonic_ns()
         cutoff = now - int(since_s * 1e9)
-        recent = [v.copy() for v in list(self.accountant.recent) if v["exit_ns"] >= cutoff]
+        recent = self.accountant.recent.views(cutoff)
         return {"now_ns": now, "wall_offset_ns": time.time_ns() - now, "requests": recent}
 
     def state(self) -> LiveState:

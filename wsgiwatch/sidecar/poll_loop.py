@@ -1,4 +1,6 @@
-"""The sidecar's poll loop: ``monitor.poll()`` on a fixed-rate schedule, in a thread.
+"""The sidecar's poll loop: ``monitor.poll()`` on a fixed-rate schedule, in a thread, and
+sooner while some worker is at capacity (when the monitor can say so cheaply: it is then
+that requests queue inside a worker, and a stall should be on /metrics within moments).
 
 A poll that raises is logged (``sidecar.poll_failed``, with the traceback) and counted, and
 the loop goes on: one bad spool or a kernel hiccup must not stop the metrics. The loop
@@ -20,6 +22,9 @@ log = structlog.get_logger("wsgiwatch.sidecar")
 
 #: /healthz turns 503 when no poll has succeeded for this many poll intervals.
 STALE_AFTER_INTERVALS = 3
+#: How often per poll interval the loop asks a monitor with ``drain_by`` whether a ring fills
+#: faster than the schedule drains it (the monitor keeps the answer cheap).
+DRAIN_CHECKS = 5
 #: How long stop() waits for a poll in progress before leaving its (daemon) thread behind.
 STOP_JOIN_TIMEOUT_S = 10.0
 
@@ -51,6 +56,7 @@ class PollLoop:
         self.polls = 0
         self.failures = 0
         self.overruns = 0  # ticks skipped because a poll took longer than the interval
+        self.early_polls = 0  # polls before the schedule's, so that no ring overflowed
         self.started_at: float | None = None
         self.last_success: float | None = None
         self.last_error: str | None = None
@@ -85,11 +91,59 @@ class PollLoop:
         while not self._stop.is_set():
             self.poll_once()
             now = time.monotonic()
-            following = next_deadline(deadline, now, self.interval_s)
-            self.overruns += round((following - deadline) / self.interval_s) - 1
-            deadline = following
-            if self._stop.wait(deadline - now):
+            if deadline <= now:  # a poll on the grid (not one brought forward): the next tick
+                following = next_deadline(deadline, now, self.interval_s)
+                self.overruns += round((following - deadline) / self.interval_s) - 1
+                deadline = following
+            if self._wait_for_next_poll(deadline):
                 break
+
+    def _wait_for_next_poll(self, deadline: float) -> bool:
+        """Sleep until ``deadline``, or less when the monitor asks for a poll sooner; True
+        when asked to stop.
+
+        Two optional, cheap questions (reads of the spools' scoreboards and ring heads) bring
+        a poll forward: ``at_capacity()``, every ``fast_interval_s``: some worker is full, so
+        requests may queue inside it and a stall should be on /metrics within moments; and
+        ``drain_by()``, a few times per interval: when, at the rate seen, a ring would be
+        lapped before the scheduled poll (see ``Monitor.drain_by``).
+        """
+        at_capacity = getattr(self.monitor, "at_capacity", None)
+        fast = float(getattr(self.monitor, "fast_interval_s", 0) or 0)
+        if not callable(at_capacity) or not 0 < fast < self.interval_s:
+            at_capacity = None
+        drain_by = getattr(self.monitor, "drain_by", None)
+        if not callable(drain_by):
+            drain_by = None
+        if at_capacity is None and drain_by is None:
+            return self._stop.wait(max(0.0, deadline - time.monotonic()))
+        while True:
+            now = time.monotonic()
+            wake = deadline
+            if drain_by is not None:
+                try:
+                    due: float | None = drain_by()
+                except Exception:  # the poll itself will report what is wrong
+                    return False
+                now = time.monotonic()  # (after the call: "due now" is due by then)
+                if due is not None and due <= now < deadline:
+                    self.early_polls += 1
+                    return False
+                wake = min(wake, now + self.interval_s / DRAIN_CHECKS)
+                if due is not None:
+                    wake = min(wake, due)
+            if at_capacity is not None:
+                wake = min(wake, now + fast)
+            if self._stop.wait(max(0.0, wake - now)):
+                return True
+            if wake >= deadline:
+                return False
+            if at_capacity is not None:
+                try:
+                    if at_capacity():
+                        return False
+                except Exception:  # the poll itself will report what is wrong
+                    return False
 
     def seconds_since_success(self, now: float | None = None) -> float | None:
         """Age of the last successful poll (before the first: time since start)."""
@@ -122,6 +176,7 @@ class PollLoop:
             "degraded_reasons": reasons,
             "successful_polls": self.polls,
             "poll_failures": self.failures,
+            "early_polls": self.early_polls,
             "poll_overruns": self.overruns,
             "seconds_since_successful_poll": None if self.last_success is None else age,
             "last_poll_error": self.last_error,

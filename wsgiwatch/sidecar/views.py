@@ -97,6 +97,9 @@ class WorkerView(TypedDict):
     accelerated: bool
     multithread: bool
     rss_bytes: int | None
+    #: Its finished requests by where their queue wait came from: hook (exact), mod_wsgi,
+    #: kernel (a poll saw the request wait), header (a proxy's time), none.
+    wait_sources: dict[str, int]
     slots: list[SlotView]  # running now
     stuck: list[SlotView]  # busy far longer than any request: not counted as busy
 

@@ -63,6 +63,8 @@ class Worker:
     running: list[Run] = field(default_factory=list)
     last_lost: int = 0  # records its reader found overwritten, as its header counts them
     rss: int | None = None
+    #: Its finished requests by where their queue wait came from (hook, kernel, ...).
+    wait_sources: collections.Counter[str] = field(default_factory=collections.Counter)
     #: Seen holding a waiting connection while at capacity: a greedy acceptor (gthread,
     #: waitress), where a proxy's time alone may count toward a blocking verdict.
     accepts_when_full: bool = False

@@ -1081,6 +1081,66 @@ recorder_spool(RecorderObject *self, PyObject *environ)
     return fast;
 }
 
+/* The accept hook's entry for this connection (accept_hook.ACCEPTED[(peer, port)], a list
+ * [accept_ns, arrival_ns at accept, requests so far, ready_ns]), read here when it says all
+ * there is to say: the server noted when this request was ready (gthread, waitress,
+ * cheroot), or it is the connection's first request and TCP_INFO at accept gave its
+ * arrival. Then the request costs a tuple and a dict lookup, not a call into Python.
+ * Anything else (a kept-alive request nobody noted: its socket must be asked) is left to
+ * accept_sources.accept_sources, which holds the same rules. Returns 1 when done (no entry:
+ * nothing to record), 0 to ask Python, -1 on error. */
+static int
+hook_entry(PyObject *peer, long port, uint64_t *accept_ns, uint64_t *arrival_ns, long *source,
+           unsigned long *flags)
+{
+    PyObject *port_obj = PyLong_FromLong(port);
+    if (port_obj == NULL) {
+        return -1;
+    }
+    PyObject *key = PyTuple_Pack(2, peer, port_obj);
+    Py_DECREF(port_obj);
+    if (key == NULL) {
+        return -1;
+    }
+    PyObject *conn = PyDict_GetItemWithError(py.accepted, key); /* borrowed */
+    Py_DECREF(key);
+    if (conn == NULL) {
+        /* none: nothing to record, unless a unix connection (no port) is known by its fd */
+        return PyErr_Occurred() ? -1 : (port ? 1 : 0);
+    }
+    if (!PyList_CheckExact(conn) || PyList_GET_SIZE(conn) != 4) {
+        return 0;
+    }
+    unsigned long long accept = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(conn, 0));
+    unsigned long long arrival = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(conn, 1));
+    unsigned long long uses = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(conn, 2));
+    unsigned long long ready = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(conn, 3));
+    if (PyErr_Occurred()) { /* not what the hook writes: let Python judge */
+        PyErr_Clear();
+        return 0;
+    }
+    unsigned long found_flags = uses ? FLAG_REUSED_CONNECTION : 0;
+    if (ready) {
+        arrival = ready;
+        found_flags |= FLAG_ARRIVAL_SERVER;
+    }
+    else if (!uses && arrival) {
+        found_flags |= FLAG_ARRIVAL_TCP_INFO;
+    }
+    else {
+        return 0;
+    }
+    /* Only whether the connection served a request before matters to anyone: 1, a cached
+     * small int like 0, so this allocates nothing and cannot fail. */
+    PyList_SetItem(conn, 2, PyLong_FromLong(1));
+    PyList_SetItem(conn, 3, PyLong_FromLong(0));
+    *accept_ns = accept;
+    *arrival_ns = arrival;
+    *source = SOURCE_HOOK;
+    *flags = found_flags;
+    return 1;
+}
+
 static PyObject *
 recorder_call(RecorderObject *self, PyObject *args, PyObject *kwargs)
 {
@@ -1226,7 +1286,14 @@ recorder_call(RecorderObject *self, PyObject *args, PyObject *kwargs)
     if (mod_wsgi < 0 || headers < 0) {
         goto failed;
     }
-    if (PyDict_GET_SIZE(py.accepted) > 0 || mod_wsgi || headers) {
+    int hooked = 0;
+    if (PyDict_GET_SIZE(py.accepted) > 0 && !mod_wsgi && !headers) {
+        hooked = hook_entry(peer, port, &accept_ns, &arrival_ns, &source, &flags);
+        if (hooked < 0) {
+            goto failed;
+        }
+    }
+    if (!hooked && (PyDict_GET_SIZE(py.accepted) > 0 || mod_wsgi || headers)) {
         PyObject *found =
             PyObject_CallFunction(py.accept_sources, "OOli", environ, peer, port, proxies);
         if (found == NULL) {

@@ -85,7 +85,10 @@ def record_accept(sock: socket.socket, addr: Any, spool_dir: str) -> None:
         if isinstance(addr, tuple) and len(addr) >= 2:
             peer, port = str(addr[0]), int(addr[1])
             if len(ACCEPTED) >= ACCEPTED_LIMIT:
-                ACCEPTED.clear()
+                # The oldest half goes (closed connections, mostly: a dict keeps insertion
+                # order); clearing it all would also forget connections still in use.
+                for key in list(ACCEPTED)[: ACCEPTED_LIMIT // 2]:
+                    ACCEPTED.pop(key, None)
             ACCEPTED[(peer, port)] = [now, arrival, 0, 0]
             server_port = sock.getsockname()[1]
         else:
@@ -161,9 +164,14 @@ _GUNICORN_HOOKABLE: Final = ("SyncWorker", "ThreadWorker")
 def install_gunicorn(worker: Any, spool_dir: str | None = None) -> bool:
     """Hook a gunicorn worker's listeners; call from ``post_worker_init(worker)``.
 
-    Returns False (and logs why) for worker classes that accept elsewhere (gevent accepts
-    in its own loop); the sidecar's kernel view still covers those.
+    gevent workers accept on their loop, in gevent's ``StreamServer``: that is hooked
+    instead (:func:`wsgiwatch.worker.autohook.hook_gevent`). Returns False (and logs why)
+    for worker classes that accept elsewhere; the sidecar's kernel view covers those.
     """
+    if any(cls.__name__ == "GeventWorker" for cls in type(worker).__mro__):
+        from wsgiwatch.worker import autohook  # it imports this module
+
+        return autohook.hook_gevent(resolve_dir(spool_dir))
     kind = type(worker).__name__
     capacity = int(getattr(getattr(worker, "cfg", None), "threads", 1) or 1)
     if kind != "ThreadWorker":

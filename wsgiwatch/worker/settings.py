@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from wsgiwatch.spool import layout as fmt
 from wsgiwatch.spool.writer import DEFAULT_ACCEPTS, DEFAULT_RING, DEFAULT_SLOTS, SpoolWriter
+from wsgiwatch.worker import autohook
 from wsgiwatch.worker.call_state import TRUSTED_PROXIES_MAX
 from wsgiwatch.worker.internal_errors import internal_error
 from wsgiwatch.worker.mod_wsgi import daemon_capacity
@@ -53,6 +54,7 @@ class WatchSettings:
         slots: int = DEFAULT_SLOTS,
         ring_size: int = DEFAULT_RING,
         accept_events: int = DEFAULT_ACCEPTS,
+        accept_hook: bool = True,
     ) -> None:
         """Wrap a WSGI app: ``application = WSGIWatch(application)``.
 
@@ -64,6 +66,9 @@ class WatchSettings:
         outermost of them added is read (only ever as a timestamp). 0, the default: the
         headers are ignored, since any client can send them. ``slots``,
         ``ring_size``, ``accept_events``: the spool's geometry (docs/spool-format.md).
+        ``accept_hook``: hook the server this runs in (gunicorn, waitress, cheroot) for
+        exact accept and arrival times (:mod:`wsgiwatch.worker.autohook`); ``False``
+        leaves the server untouched and the waits to the sidecar's kernel view.
         """
         if not (0 < slots < fmt.NO_SLOT and ring_size > 0 and accept_events > 0):
             raise ValueError("slots (below 65535), ring_size and accept_events must be positive")
@@ -78,6 +83,8 @@ class WatchSettings:
         self._trusted_proxies = trusted_proxies
         self._geometry = (slots, ring_size, accept_events)
         request_geometry(self._dir, self._geometry)
+        if accept_hook:
+            autohook.install(self._dir)
 
     @property
     def spool_dir(self) -> str:

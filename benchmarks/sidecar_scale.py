@@ -1,0 +1,181 @@
+"""The sidecar at scale: 64 workers, 10,000 open connections, 100 routes.
+
+    .venv/bin/python benchmarks/sidecar_scale.py [--workers 64] [--connections 10000]
+
+gunicorn gthread (``--workers 64 --threads 2``, keep-alive on) serves hello world wrapped in
+WSGIWatch. Requests over 100 distinct routes (route labels, not folded into one) reach every
+worker; then ``--connections`` keep-alive connections make one request each and stay open,
+idle. The sidecar's :class:`~wsgiwatch.sidecar.monitor.Monitor` runs in this process (idle
+meanwhile) with default settings, and we time:
+
+- polls with no worker at capacity (the usual case: listeners only, no connection dump);
+- polls with one worker at capacity (a slow request in each of its two threads): the
+  connections are dumped then, all 10,000 of them walked, the quiet ones skipped;
+- the first poll (every worker's fds read), and polls after a worker was replaced;
+- a scrape of ``/metrics`` (``generate_latest`` over the monitor): time and bytes, with
+  100 routes x 64 workers of series.
+
+Targets (issue 14): poll under 50 ms with 10,000 connections and 64 workers; ``/metrics``
+rendered in under 50 ms. Everything listens on 127.0.0.1; the server is ours, stopped by pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import socket
+import statistics
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import wrk_compare as wc  # (it also puts tests/ on sys.path for `servers`)
+from wrk_compare import servers
+
+ROUTES = 100
+_LETTERS = "ghijklmnopqrstuvwxyz"  # not hex digits: the route folding keeps them
+
+
+def route(i: int) -> str:
+    return f"/r/{_LETTERS[i // len(_LETTERS)]}{_LETTERS[i % len(_LETTERS)]}"
+
+
+def get(port: int, path: str, sock: socket.socket | None = None) -> socket.socket:
+    """One keep-alive request; the connection stays open for the caller."""
+    s = sock or socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    data = b""
+    while not data.endswith(b"hello\n"):
+        chunk = s.recv(4096)
+        if not chunk:
+            raise RuntimeError(f"the server closed the connection of {path}")
+        data += chunk
+    return s
+
+
+def spread_routes(port: int, workers: int) -> None:
+    """Every route, on many connections (each lands on some worker): the route series and
+    the workers' series all exist."""
+    for i in range(ROUTES * 3):
+        get(port, route(i % ROUTES)).close()
+    for _ in range(workers * 4):
+        get(port, "/hello").close()
+
+
+def timed_polls(monitor: object, count: int) -> list[float]:
+    out = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        monitor.poll()  # type: ignore[attr-defined]
+        out.append(time.perf_counter() - t0)
+        time.sleep(0.05)
+    return out
+
+
+def ms(values: list[float]) -> str:
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+    return f"median {1000 * statistics.median(ordered):6.1f} ms, p95 {1000 * p95:6.1f} ms"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", type=int, default=64)
+    parser.add_argument("--connections", type=int, default=10_000)
+    parser.add_argument("--polls", type=int, default=20, help="polls timed per case")
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile the polls at capacity (top 15)"
+    )
+    args = parser.parse_args(argv)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, args.connections * 2 + 1000), hard))
+    print(f"{os.cpu_count()} cores, python {sys.version.split()[0]}, {time.strftime('%F %H:%M')}")
+    print(
+        f"sidecar at scale: gunicorn gthread -w {args.workers} --threads 2, "
+        f"{args.connections} idle keep-alive connections, {ROUTES} routes"
+    )
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from wsgiwatch.sidecar.monitor import Monitor
+
+    extra = ["--keep-alive", "600", "--worker-connections", "2000", "--backlog", "4096"]
+    if os.path.isdir("/dev/shm"):
+        extra += ["--worker-tmp-dir", "/dev/shm"]
+    idle: list[socket.socket] = []
+    with (
+        wc.spool_tmpdir("wsgiwatch-scale-") as spool_dir,
+        servers.gunicorn(
+            "bench_apps:application",
+            spool_dir,
+            worker_class="gthread",
+            workers=args.workers,
+            threads=2,
+            extra=extra,
+            env={"PYTHONPATH": wc.BENCH_DIR},
+        ) as server,
+    ):
+        try:
+            spread_routes(server.port, args.workers)
+            t0 = time.monotonic()
+            for _ in range(args.connections):
+                idle.append(get(server.port, "/hello"))
+            print(f"  {len(idle)} connections opened in {time.monotonic() - t0:.1f} s")
+            monitor = Monitor(spool_dir)
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(monitor)  # type: ignore[arg-type]
+            t0 = time.perf_counter()
+            monitor.poll()
+            first = time.perf_counter() - t0
+            workers = len(monitor.registry.live())
+            print(
+                f"  first poll (every worker's fds read): {1000 * first:.1f} ms, {workers} workers"
+            )
+            quiet = timed_polls(monitor, args.polls)
+            print(f"  polls, no worker at capacity:  {ms(quiet)}")
+            # Both threads of some worker busy: the connections are dumped at each poll.
+            slow = [
+                threading.Thread(target=lambda: get(server.port, "/slow/8").close(), daemon=True)
+                for _ in range(4)
+            ]
+            for t in slow:
+                t.start()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                monitor.poll()
+                if any(w.busy >= w.blocking_capacity for w in monitor.registry.live()):
+                    break
+                time.sleep(0.05)
+            full = timed_polls(monitor, min(args.polls, 20))
+            print(f"  polls, a worker at capacity:   {ms(full)}  (target < 50 ms)")
+            if args.profile:
+                import cProfile
+                import pstats
+
+                profiler = cProfile.Profile()
+                for _ in range(5):
+                    profiler.runcall(monitor.poll)
+                pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+            scrape = []
+            for _ in range(10):
+                t0 = time.perf_counter()
+                body = generate_latest(registry)
+                scrape.append(time.perf_counter() - t0)
+            series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+            print(
+                f"  /metrics: {ms(scrape)}, {len(body) / 1024:.0f} KiB, {series} samples "
+                f"(target < 50 ms)"
+            )
+            for t in slow:
+                t.join(15)
+            monitor.close()
+        finally:
+            for s in idle:
+                s.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
