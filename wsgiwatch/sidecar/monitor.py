@@ -327,9 +327,13 @@ class Monitor:
             for wait in self.kernel.unix.waiting_now():
                 if wait.pid in unstarted:
                     unstarted[wait.pid].add((wait.pid, "unix", wait.inode))
-        for key, _ in self.arrivals.pending_accepts():
-            if key[0] in unstarted:
-                unstarted[key[0]].add(key)
+        if kernel_waiting is None:
+            # Without the kernel's view, the accept hook's "accepted, not started" is all
+            # there is (with it, the kernel knows better: a connection that sent nothing and
+            # closed, such as a port probe, is no longer there).
+            for key, _ in self.arrivals.pending_accepts():
+                if key[0] in unstarted:
+                    unstarted[key[0]].add(key)
         for worker in live:
             answered = {peer_key(r.pid, r.peer, r.peer_port) for r in drained.get(worker, ())}
             self._unstarted.seen(worker.pid, unstarted[worker.pid], answered)
