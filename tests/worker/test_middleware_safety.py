@@ -139,6 +139,8 @@ def test_bad_spool_dir_disables_recording_and_logs_once(
         assert len(found) == 1, [r.getMessage() for r in caplog.records]
         assert found[0].levelno == logging.WARNING
         assert bad in found[0].getMessage()
+        if kind == "symlink":  # said as it is, not as "not a directory"
+            assert "symbolic link" in found[0].getMessage()
         assert list_spools(bad) == []  # nothing planted in a directory we refused
     finally:
         forget_spool(bad)

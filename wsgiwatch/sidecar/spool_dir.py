@@ -24,6 +24,8 @@ def spool_dir_problem(path: str, *, workers: int) -> str | None:
         return None
     except OSError as exc:
         return f"cannot look at the spool directory {path}: {exc.strerror}"
+    if stat.S_ISLNK(st.st_mode):
+        return f"{path} is a symbolic link, which workers refuse: name the directory itself"
     if not stat.S_ISDIR(st.st_mode):
         return f"{path} is not a directory: workers record nothing"
     me = os.geteuid()

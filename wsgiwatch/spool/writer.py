@@ -54,6 +54,11 @@ def ensure_private_dir(path: str) -> None:
     except FileExistsError:
         pass
     st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        # Not followed: whoever can change the link would choose where spools go.
+        raise OSError(
+            f"{path} is a symbolic link (to {os.path.realpath(path)}): name the directory itself"
+        )
     if not stat.S_ISDIR(st.st_mode):
         raise OSError(f"{path} is not a directory")
     if hasattr(os, "getuid") and st.st_uid != os.getuid():
