@@ -19,7 +19,7 @@ from wsgiwatch.sidecar.incidents import IncidentLog
 from wsgiwatch.sidecar.recent import Outcome, RecentBuffer
 from wsgiwatch.sidecar.verdicts import Verdict, judge
 from wsgiwatch.sidecar.workers import Worker
-from wsgiwatch.spool.reader import Record, queue_wait_ns
+from wsgiwatch.spool.records import Record, queue_wait_ns
 
 #: Connections remembered per worker, to tell a kept-alive connection from a new one.
 SEEN_CONNECTIONS = 4096

@@ -1,6 +1,6 @@
 """Joining the time sources: since when could a finished request have been served?
 
-Queue wait = entry - max(accept, arrival) (:func:`wsgiwatch.spool.reader.queue_wait_ns`),
+Queue wait = entry - max(accept, arrival) (:func:`wsgiwatch.spool.records.queue_wait_ns`),
 with max(accept, arrival) taken from the best source a request has:
 
 - the accept hook: exact accept time, and arrival from ``TCP_INFO`` at accept (on a
@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from wsgiwatch.sidecar.connections import Waiting, plain_addr
 from wsgiwatch.sidecar.unix_waits import UnixWaits
-from wsgiwatch.spool.reader import AcceptEvent, Record, SlotState
+from wsgiwatch.spool.records import AcceptEvent, Record, SlotState
 
 #: A kernel arrival estimate may be this much later than the entry it belongs to (jiffies).
 ARRIVAL_TOLERANCE_NS = 8_000_000

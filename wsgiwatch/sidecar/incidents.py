@@ -10,7 +10,7 @@ import structlog
 
 from wsgiwatch.sidecar.verdicts import Verdict
 from wsgiwatch.sidecar.views import INCIDENTS_KEPT, Incident, peer_text
-from wsgiwatch.spool.reader import Record
+from wsgiwatch.spool.records import Record
 
 log = structlog.get_logger("wsgiwatch.sidecar")
 

@@ -17,7 +17,7 @@ from wsgiwatch.sidecar.views import (
 )
 from wsgiwatch.sidecar.workers import Worker
 from wsgiwatch.spool import layout as fmt
-from wsgiwatch.spool.reader import SlotState
+from wsgiwatch.spool.records import SlotState
 
 
 def live_state(

@@ -23,7 +23,7 @@ from wsgiwatch.sidecar import accumulate as acc
 from wsgiwatch.sidecar.arrivals import PeerKey
 from wsgiwatch.sidecar.workers import Worker
 from wsgiwatch.spool.fate import FATES, KILLED, read_note
-from wsgiwatch.spool.reader import SlotState
+from wsgiwatch.spool.records import SlotState
 
 log = structlog.get_logger("wsgiwatch.sidecar")
 

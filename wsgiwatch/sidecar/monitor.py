@@ -46,7 +46,7 @@ from wsgiwatch.sidecar.views import (
 )
 from wsgiwatch.sidecar.workers import Worker, WorkerRegistry
 from wsgiwatch.spool import layout as fmt
-from wsgiwatch.spool.reader import Record, SlotState
+from wsgiwatch.spool.records import Record, SlotState
 
 #: Poll again, early if need be, before a worker's ring is this full at its current rate.
 #: A quarter: the poll thread may wake late (a busy host), the poll itself take a while,

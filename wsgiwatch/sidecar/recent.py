@@ -1,6 +1,6 @@
 """The finished requests kept for ``/api/requests`` and the timeline: bounded in bytes.
 
-Each request is kept as the :class:`~wsgiwatch.spool.reader.Record` the reader built and a
+Each request is kept as the :class:`~wsgiwatch.spool.records.Record` the reader built and a
 small :class:`Outcome` (its wait and verdict); the JSON view
 (:class:`~wsgiwatch.sidecar.views.RequestView`) is built only when the API asks. Building a
 dict of 18 keys per request cost about as much as the rest of the accounting, and kept
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterator
 
 from wsgiwatch.sidecar.views import RECENT_KEPT, BlockerRef, RequestView, peer_text
-from wsgiwatch.spool.reader import Record, make_record
+from wsgiwatch.spool.records import Record, make_record
 
 __all__ = ["RECENT_BYTES", "Outcome", "RecentBuffer"]
 

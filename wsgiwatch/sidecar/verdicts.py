@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from wsgiwatch.sidecar.detect import Blame, blockers, had_free_slot, time_at_capacity
 from wsgiwatch.sidecar.workers import Worker
-from wsgiwatch.spool.reader import Record, queue_wait_ns
+from wsgiwatch.spool.records import Record, queue_wait_ns
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,8 @@ from wsgiwatch.kernel.procfs import pid_exists, process_running
 from wsgiwatch.sidecar.detect import Run
 from wsgiwatch.spool import fate
 from wsgiwatch.spool import layout as fmt
-from wsgiwatch.spool.reader import SlotState, SpoolHeader, SpoolReader
+from wsgiwatch.spool.reader import SpoolReader
+from wsgiwatch.spool.records import SlotState, SpoolHeader
 
 log = structlog.get_logger("wsgiwatch.sidecar")
 
