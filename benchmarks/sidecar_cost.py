@@ -210,13 +210,17 @@ def sidecar_process(
 
 
 def _drops_by_kind(monitor: Any) -> str:
-    """What the dropped records were, so far: overwritten unread (lost), given up as
-    abandoned (torn), not written (no slot, write errors)."""
+    """What the dropped records were, so far: given up as abandoned (torn), not written (no
+    slot, write errors), and the rest (overwritten unread, or lost with a spool)."""
+    totals = monitor.registry.totals()
     workers = list(monitor.registry.workers.values())
-    lost = sum(w.last_lost for w in workers) + monitor.registry.retired_lost
     exhausted = sum(w.header.slots_exhausted for w in workers)
     errors = sum(w.header.write_errors for w in workers)
-    return f"lost {lost}, torn {monitor.torn}, no slot {exhausted}, write errors {errors}"
+    unwritten = exhausted + errors
+    return (
+        f"overwritten or lost with a spool {totals.dropped - unwritten}, torn {monitor.torn}, "
+        f"no slot {exhausted}, write errors {errors}, spools lost {totals.spools_lost}"
+    )
 
 
 def _rss_bytes() -> int:
@@ -331,16 +335,13 @@ def cost_window(
     return result
 
 
-def run_cost(window_s: float, profile: bool = False) -> list[dict[str, Any]]:
-    extra = ["--keep-alive", "300", "--worker-connections", "4000", "--backlog", "2048"]
-    if os.path.isdir("/dev/shm"):
-        extra += ["--worker-tmp-dir", "/dev/shm"]
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
-    rows = []
-    idle: list[socket.socket] = []
+@contextlib.contextmanager
+def measured_server(prefix: str, extra: list[str]) -> Iterator[tuple[Any, str, str, str]]:
+    """gunicorn gthread -w 2 --threads 4 serving the benchmark app, its spool directory and a
+    scratch directory; every worker has its spool before this yields (so before the sidecar
+    starts): (server, its url, spools, tmp)."""
     with (
-        wc.spool_tmpdir("wsgiwatch-sidecar-") as spool_dir,
+        wc.spool_tmpdir(prefix) as spool_dir,
         tempfile.TemporaryDirectory() as tmp,
         servers.gunicorn(
             "bench_apps:application",
@@ -353,7 +354,19 @@ def run_cost(window_s: float, profile: bool = False) -> list[dict[str, Any]]:
         ) as server,
     ):
         url = server.url + "/hello"
-        wc.run_wrk(url, duration_s=1)  # every worker has its spool before the sidecar starts
+        wc.run_wrk(url, duration_s=1)
+        yield server, url, spool_dir, tmp
+
+
+def run_cost(window_s: float, profile: bool = False) -> list[dict[str, Any]]:
+    extra = ["--keep-alive", "300", "--worker-connections", "4000", "--backlog", "2048"]
+    if os.path.isdir("/dev/shm"):
+        extra += ["--worker-tmp-dir", "/dev/shm"]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
+    rows = []
+    idle: list[socket.socket] = []
+    with measured_server("wsgiwatch-sidecar-", extra) as (server, url, spool_dir, tmp):
         try:
             with sidecar(spool_dir, profile=profile) as side:
                 for idle_count in IDLE_CONNECTIONS:
@@ -382,21 +395,7 @@ def run_soak(minutes: float, window_s: float = 30.0) -> None:
     print(
         f"{'minute':>6} {'req/s seen':>10} {'CPU %':>6} {'RSS MiB':>8} {'dropped':>7} {'early':>5}"
     )
-    with (
-        wc.spool_tmpdir("wsgiwatch-soak-") as spool_dir,
-        tempfile.TemporaryDirectory() as tmp,
-        servers.gunicorn(
-            "bench_apps:application",
-            spool_dir,
-            worker_class="gthread",
-            workers=2,
-            threads=4,
-            extra=extra,
-            env={"PYTHONPATH": wc.BENCH_DIR},
-        ) as server,
-    ):
-        url = server.url + "/hello"
-        wc.run_wrk(url, duration_s=1)
+    with measured_server("wsgiwatch-soak-", extra) as (_, url, spool_dir, tmp):
         rows = []
         with sidecar(spool_dir) as side:
             for index in range(max(1, round(minutes * 60 / window_s))):

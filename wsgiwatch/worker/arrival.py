@@ -213,9 +213,7 @@ def parse_proxy_header(
                 token = token[2:]
             ns = _decimal_to_ns(token, now_ns)
             if ns is not None:
-                if ns > now_ns:
-                    return now_ns if ns - now_ns <= max_skew_ns else None
-                return ns if now_ns - ns <= max_age_ns else None
+                return _within(ns, now_ns, max_age_ns, max_skew_ns)
         # A list ("t=A, t=B", "t=A D=B"), or garbage.
         for token in (value.replace(",", " ") if "," in value else value).split():
             if token.startswith(_T_PREFIXES):
@@ -223,12 +221,8 @@ def parse_proxy_header(
             elif "=" in token:
                 continue  # another key=value pair, e.g. Apache's D=<duration>
             ns = _decimal_to_ns(token, now_ns)
-            if ns is not None:
-                if ns > now_ns:
-                    if ns - now_ns <= max_skew_ns:
-                        return now_ns
-                elif now_ns - ns <= max_age_ns:
-                    return ns
+            if ns is not None and (found := _within(ns, now_ns, max_age_ns, max_skew_ns)):
+                return found
         return None
     except Exception:  # never break the app over a header (e.g. a non-str value)
         return None
