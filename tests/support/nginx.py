@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from support.servers import TESTS_DIR, VENV_BIN, free_port, gunicorn_argv, wait_for_port
+from support.servers import TESTS_DIR, free_port, gunicorn_argv, uwsgi_argv, wait_for_port
 from wsgiwatch.cli.process_group import stop_group
 
 NGINX = shutil.which("nginx", path="/usr/sbin:/usr/bin") or "/usr/sbin/nginx"
@@ -206,25 +206,7 @@ def uwsgi_behind(
     ``uwsgi_pass``: forked workers, one thread each, each accepting only when free."""
     with _socket_dir() as sock_dir:
         path = os.path.join(sock_dir, "uwsgi.sock")
-        argv = [
-            os.path.join(VENV_BIN, "uwsgi"),
-            "--socket",
-            path,
-            "--chmod-socket=666",  # nginx's workers run as www-data
-            "--master",
-            "--processes",
-            str(processes),
-            "--threads",
-            "1",
-            "--virtualenv",
-            os.path.dirname(VENV_BIN),
-            "--pythonpath",
-            TESTS_DIR,
-            "--module",
-            module,
-            "--need-app",
-            "--die-on-term",  # SIGTERM stops it (uWSGI 2.0 would reload)
-            "--disable-logging",
-        ]
+        # nginx's workers run as www-data: the socket is theirs to connect to.
+        argv = uwsgi_argv(["--socket", path, "--chmod-socket=666"], module, processes, 1)
         with _upstream(argv, spool_dir, env, f"unix:{path}") as upstream:
             yield upstream

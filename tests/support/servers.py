@@ -170,6 +170,29 @@ def cheroot(
     return run_server([*argv, app], port, spool_dir, env)
 
 
+def uwsgi_argv(listen: Sequence[str], module: str, processes: int, threads: int) -> list[str]:
+    """uWSGI's command line for the tests: ``listen`` (``--http-socket ADDR``, ``--socket
+    PATH``...), a master and forked workers loading ``module`` from tests/ in our venv."""
+    return [
+        os.path.join(VENV_BIN, "uwsgi"),
+        *listen,
+        "--master",
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
+        "--virtualenv",
+        os.path.dirname(VENV_BIN),
+        "--pythonpath",
+        TESTS_DIR,
+        "--module",
+        module,
+        "--need-app",
+        "--die-on-term",  # SIGTERM stops it (uWSGI 2.0 would reload)
+        "--disable-logging",
+    ]
+
+
 def uwsgi(
     module: str,
     spool_dir: str,
@@ -186,23 +209,7 @@ def uwsgi(
     port = free_port()
     argv = [
         *under,
-        os.path.join(VENV_BIN, "uwsgi"),
-        "--http-socket",
-        f"127.0.0.1:{port}",
-        "--master",
-        "--processes",
-        str(processes),
-        "--threads",
-        str(threads),
-        "--virtualenv",
-        os.path.dirname(VENV_BIN),
-        "--pythonpath",
-        TESTS_DIR,
-        "--module",
-        module,
-        "--need-app",
-        "--die-on-term",  # SIGTERM stops it (uWSGI 2.0 would reload)
-        "--disable-logging",
+        *uwsgi_argv(["--http-socket", f"127.0.0.1:{port}"], module, processes, threads),
         "--hook-master-start",  # a worker accepts only when free, like gunicorn sync
         "unix_signal:15 gracefully_kill_them_all",
     ]
