@@ -153,6 +153,9 @@ def sidecar_process(
         def at_capacity(self) -> bool:
             return monitor.at_capacity()
 
+        def look_interval_s(self) -> float:
+            return monitor.look_interval_s()
+
     monitor.poll()
     loop = PollLoop(Timed(), interval_s)  # type: ignore[arg-type]
     loop.start()

@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from wsgiwatch.sidecar.poll_loop import PollLoop
+from wsgiwatch.sidecar.poll_loop import PollLoop, StopSignal
 
 
 class BusyFor:
@@ -55,3 +55,23 @@ def test_an_idle_monitor_is_polled_on_the_grid_only() -> None:
     time.sleep(1.05)
     loop.stop()
     assert 5 <= len(monitor.polls) <= 7, monitor.polls
+
+
+def test_stop_signal_wakes_a_waiter_at_once_and_stays_set() -> None:
+    signal = StopSignal()
+    assert not signal.wait(0.01) and not signal.is_set()
+    woke: list[float] = []
+
+    def waiter() -> None:
+        t0 = time.monotonic()
+        signal.wait(30)
+        woke.append(time.monotonic() - t0)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.05)
+    signal.set()
+    signal.set()  # twice: harmless
+    thread.join(5)
+    assert woke and woke[0] < 5
+    assert signal.wait(30) and signal.is_set()  # set for good: no wait any more

@@ -22,13 +22,6 @@ P1, P2, P3, P4, P5 = (FAKE_PID_BASE + n for n in range(1, 6))
 
 
 @pytest.fixture
-def proc() -> Iterator[FakeProc]:
-    fake = FakeProc()
-    yield fake
-    fake.cleanup()
-
-
-@pytest.fixture
 def registry(spool_dir: str, proc: FakeProc) -> Iterator[WorkerRegistry]:
     reg = WorkerRegistry(spool_dir, proc.root)
     yield reg

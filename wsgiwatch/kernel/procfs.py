@@ -31,6 +31,7 @@ _SOCKET_PREFIX = "socket:["
 _FIRST_FIELD = 3
 _UTIME, _STIME, _STARTTIME = 14, 15, 22
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 # Where these are unknown (not a POSIX system) there is no procfs either.
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -107,12 +108,31 @@ def parse_start_ticks(data: bytes, source: str = "stat") -> int:
     return parse_stat(data, source)[_STARTTIME]
 
 
+#: Larger than any ``stat`` or ``statm`` line (about 300 bytes; the command name is at
+#: most 64): one read() takes the whole file.
+_READ_SIZE = 4096
+
+
 def _read(path: str) -> bytes | None:
+    """The whole (small) file, or None when the process is gone. ``os.open`` and one
+    ``read``, not ``open()``: the sidecar reads these files for every worker on every poll,
+    and a buffered file object costs more to build than the read itself."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
     except _GONE:
         return None
+    try:
+        data = os.read(fd, _READ_SIZE)
+        if len(data) < _READ_SIZE:
+            return data
+        chunks = [data]  # (a fixture file, or a future kernel, may be longer)
+        while chunk := os.read(fd, _READ_SIZE):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except _GONE:
+        return None  # it exited between open and read
+    finally:
+        os.close(fd)
 
 
 def process_start_ticks(pid: int, procfs_root: str = "/proc") -> int | None:

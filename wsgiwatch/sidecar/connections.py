@@ -53,12 +53,10 @@ def find_listeners(
 ) -> list[TcpSocket]:
     """The LISTEN sockets the workers hold (or those on the given ports)."""
     wanted = set(ports or ())
+    if wanted:
+        return [s for s in snapshot.tcp if s.state == LISTEN and s.local_port in wanted]
     held: set[int] = set().union(*inodes_by_pid.values()) if inodes_by_pid else set()
-    return [
-        s
-        for s in snapshot.tcp
-        if s.state == LISTEN and ((s.local_port in wanted) if wanted else (s.inode in held))
-    ]
+    return [s for s in snapshot.tcp if s.state == LISTEN and s.inode in held]
 
 
 def is_waiting(sock: TcpSocket, served_before: bool) -> bool:
@@ -93,15 +91,16 @@ def classify(
     connections are among the candidates: the ones that came first, since a worker takes
     requests in the order they came, so that many of the oldest are dropped."""
     ports = {s.local_port for s in listeners}
+    candidates = [s for s in snapshot.tcp if s.state == ESTABLISHED and s.local_port in ports]
+    if not candidates:  # (no connection dumped: the sidecar's usual poll, however many idle)
+        return [], 0
     owner: dict[int, int] = {}
     for pid, inodes in inodes_by_pid.items():
         for inode in inodes:
             owner[inode] = pid
     waiting: list[Waiting] = []
     backlog = 0
-    for sock in snapshot.tcp:
-        if sock.state != ESTABLISHED or sock.local_port not in ports:
-            continue
+    for sock in candidates:
         if sock.inode == 0:
             backlog += 1
             continue

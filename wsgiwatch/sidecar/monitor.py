@@ -15,9 +15,10 @@ requests: counters, verdicts, incidents), :mod:`~wsgiwatch.sidecar.stalls` (live
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Collection, Iterable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import structlog
 from prometheus_client.metrics_core import Metric
@@ -52,17 +53,35 @@ from wsgiwatch.spool.records import Record, SlotState
 #: A quarter: the poll thread may wake late (a busy host), the poll itself take a while,
 #: and the rate jump, by three times the interval together before a record is lost.
 DRAIN_AT = 0.25
-#: drain_by() reads the ring heads at most this often, and at most every this much per
-#: worker (its cost grows with the workers).
+#: drain_by() looks at the ring heads itself (when at_capacity has not just done so) at most
+#: this often, and at most every this much per worker (its cost grows with the workers).
 HEADS_EVERY_S = 0.05
 HEADS_PER_WORKER_S = 0.002
 
 log = structlog.get_logger("wsgiwatch.sidecar")
-#: How often the poll loop looks at the scoreboards between polls, and polls while some
-#: worker is at capacity (:meth:`Monitor.at_capacity`).
+#: How often the poll loop looks at the scoreboards between polls while some worker runs a
+#: request, and polls while some worker is at capacity (:meth:`Monitor.at_capacity`).
 FAST_INTERVAL_S = 0.05
+#: How often it looks while every worker was idle at the last look (see look_interval_s).
+IDLE_LOOK_S = 0.1
+
+#: at_capacity() and drain_by() answer from one look when asked within this of each other
+#: (the poll loop asks both on each wake-up).
+LOOK_REUSE_S = 0.01
 
 Drained = dict[Worker, list[Record]]
+
+
+class Look(NamedTuple):
+    """What the last between-poll look saw (:meth:`Monitor._look`)."""
+
+    at: float  # time.monotonic() of the look
+    idle: bool  # no live worker had a busy slot
+    full: bool  # some live worker had every slot busy
+    filling: bool  # some ring was DRAIN_AT full already
+
+
+NO_LOOK = Look(-math.inf, False, False, False)
 T = TypeVar("T")
 
 
@@ -115,7 +134,10 @@ class Monitor:
         # drain_by(). pid -> (when its header was last read, its ring head then).
         self._read_at: dict[int, tuple[int, int]] = {}
         self._drain_by: float | None = None
-        self._heads_read_at = 0.0
+        # The between-poll look (at_capacity, drain_by): the workers it reads, as the last
+        # poll left them, and what it saw last.
+        self._watched: tuple[Worker, ...] = ()
+        self._last_look = NO_LOOK
         self.spool_dir_problem: str | None = None  # why workers would refuse the directory
         self.poll_durations = acc.Histogram(acc.POLL_BUCKETS)
         self.polls = 0
@@ -130,16 +152,52 @@ class Monitor:
         behind a busy worker is on /metrics within that, not a whole poll interval later."""
         if self.stalls:
             return True
-        for worker in list(self.registry.workers.values()):
-            if not worker.alive:
-                continue
+        return self._look(time.monotonic()).full
+
+    def look_interval_s(self) -> float:
+        """How soon the poll loop should look again (``at_capacity``): every
+        :data:`IDLE_LOOK_S` while every worker was idle at the last look, every
+        :data:`FAST_INTERVAL_S` once one runs a request.
+
+        A worker is at capacity only after it has begun some request, so from all-idle a
+        stall shows at most IDLE_LOOK_S plus a poll later (half that on average), well
+        within issue 10's 250 ms; while requests run, as soon as before. Each look wakes the
+        sidecar (about 50 us of CPU on this VM before any work): half as many while idle
+        is a third of an idle sidecar's CPU."""
+        look = self._last_look
+        if look.idle and not self.stalls:
+            return IDLE_LOOK_S
+        return self.fast_interval_s
+
+    def _look(self, now: float) -> Look:
+        """What one pread per live worker shows (:meth:`SpoolReader.glance`): busy slots and
+        ring heads. The poll loop asks twice per wake-up (``drain_by``, then
+        ``at_capacity``): a look younger than :data:`LOOK_REUSE_S` is answered again.
+
+        This runs twenty times a second whatever the load, so it builds nothing per
+        worker: no header or slot objects, only a count of the non-zero request numbers
+        (minus those the last poll found stuck, which are not a request any more)."""
+        look = self._last_look
+        if now - look.at < LOOK_REUSE_S:
+            return look
+        full = filling = False
+        idle = True
+        for worker in self._watched:
             try:
-                busy = len(worker.reader.scoreboard())
-            except Exception:  # a damaged or vanished spool: the poll deals with it
+                head, requests = worker.reader.glance()
+            except SpoolFormatError:  # a damaged or vanished spool: the poll deals with it
                 continue
+            busy = len(requests) - requests.count(0)
+            if busy:
+                idle = False
+            if worker.stuck:
+                busy -= sum(1 for s in worker.stuck if s.request in requests)
             if busy >= max(1, worker.capacity):
-                return True
-        return False
+                full = True
+            if head - worker.reader.cursor >= DRAIN_AT * worker.header.ring_capacity:
+                filling = True
+        look = self._last_look = Look(now, idle, full, filling)
+        return look
 
     def poll(self) -> None:
         started = time.monotonic()
@@ -199,6 +257,15 @@ class Monitor:
         for worker in workers:
             if not worker.alive:  # drained above: its last records are in
                 self._retire(worker, final_slots[worker], now)
+        watched = self._watched = tuple(w for w in self.registry.workers.values() if w.alive)
+        # This poll has just read what a look would (and drained the rings): the poll
+        # loop's first question after it is answered from that, without a read.
+        self._last_look = Look(
+            time.monotonic(),
+            idle=not any(w.slots for w in watched),
+            full=any(len(w.slots) >= max(1, w.capacity) for w in watched),
+            filling=False,
+        )
         self.polls += 1
         self.last_poll_mono = time.monotonic()
         self.last_poll_duration = self.last_poll_mono - started
@@ -222,28 +289,21 @@ class Monitor:
         Rings are fixed when a worker starts (4,096 records by default); a sidecar that
         polls every 0.5 s would lose records from a worker writing over 8,000 a second. So:
         at the rate each worker wrote since the last poll, the time its ring is DRAIN_AT
-        full; and, for a burst out of quiet, now if a ring is that full already (one header
-        read per worker: the poll loop asks a few times per interval). The poll loop polls
-        early then (an optional method: monitors without it poll on the schedule only)."""
+        full; and, for a burst out of quiet, now if a ring is that full already (the look of
+        :meth:`_look`, shared with at_capacity: the poll loop asks both on each wake-up).
+        The poll loop polls early then (an optional method: monitors without it poll on
+        the schedule only)."""
         now = time.monotonic()
         due = self._drain_by
         if due is not None and due <= now:
             return due
-        workers = list(self.registry.workers.values())
-        # A header read per worker costs a few microseconds: with many workers, look less
-        # often (64 workers: every 128 ms, under 3 ms of CPU per second).
-        if now - self._heads_read_at < max(HEADS_EVERY_S, HEADS_PER_WORKER_S * len(workers)):
-            return due
-        self._heads_read_at = now
-        for worker in workers:
-            if not worker.alive:
-                continue
-            try:
-                header = worker.reader.header()
-            except SpoolFormatError:
-                continue  # the poll will count it
-            if header.ring_head - worker.reader.cursor >= DRAIN_AT * header.ring_capacity:
-                return now
+        # A look costs a pread per worker: with many workers, look less often for this
+        # (64 workers: every 128 ms); at_capacity() looks every time it is asked.
+        every = max(HEADS_EVERY_S, HEADS_PER_WORKER_S * len(self._watched))
+        if now - self._last_look.at >= every:
+            self._look(now)
+        if self._last_look.filling:
+            return now
         return due
 
     def _check_spool_dir(self) -> None:

@@ -42,6 +42,36 @@ def next_deadline(deadline: float, now: float, interval: float) -> float:
     return deadline
 
 
+class StopSignal:
+    """``threading.Event``'s ``set``/``is_set``/``wait``, for threads that wait on it with a
+    timeout many times a second: the poll thread wakes ten to twenty times a second, and
+    ``Event.wait`` builds a condition waiter (a new lock, a deque entry) each time, a third
+    of what the wake-up costs. Here the waiter blocks on one lock held until ``set()``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._set = False
+
+    def set(self) -> None:
+        if self._set:
+            return
+        self._set = True
+        try:
+            self._lock.release()
+        except RuntimeError:  # (released by a concurrent set() meanwhile)
+            pass
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds or until ``set()``; whether it is set."""
+        if not self._set and self._lock.acquire(timeout=min(timeout, threading.TIMEOUT_MAX)):
+            self._lock.release()  # (for whichever waiter comes next)
+        return self._set
+
+
 class PollLoop:
     """Calls ``monitor.poll()`` every ``interval_s`` seconds in a daemon thread.
 
@@ -60,7 +90,7 @@ class PollLoop:
         self.started_at: float | None = None
         self.last_success: float | None = None
         self.last_error: str | None = None
-        self._stop = threading.Event()
+        self._stop = StopSignal()
         self._thread = threading.Thread(target=self._run, name="wsgiwatch-poll", daemon=True)
 
     def start(self) -> None:
@@ -107,6 +137,10 @@ class PollLoop:
         requests may queue inside it and a stall should be on /metrics within moments; and
         ``drain_by()``, a few times per interval: when, at the rate seen, a ring would be
         lapped before the scheduled poll (see ``Monitor.drain_by``).
+
+        A monitor may also say, with ``look_interval_s()``, how soon it wants to be asked
+        again (``Monitor``: while every worker is idle, less often than while one runs a
+        request): each wake-up costs about as much as the look itself, on a VM more.
         """
         at_capacity = getattr(self.monitor, "at_capacity", None)
         fast = float(getattr(self.monitor, "fast_interval_s", 0) or 0)
@@ -115,6 +149,9 @@ class PollLoop:
         drain_by = getattr(self.monitor, "drain_by", None)
         if not callable(drain_by):
             drain_by = None
+        look_interval = getattr(self.monitor, "look_interval_s", None)
+        if not callable(look_interval):
+            look_interval = None
         if at_capacity is None and drain_by is None:
             return self._stop.wait(max(0.0, deadline - time.monotonic()))
         while True:
@@ -133,7 +170,13 @@ class PollLoop:
                 if due is not None:
                     wake = min(wake, due)
             if at_capacity is not None:
-                wake = min(wake, now + fast)
+                pace = fast
+                if look_interval is not None:
+                    try:
+                        pace = min(max(fast, float(look_interval())), self.interval_s)
+                    except Exception:  # (the poll itself will report what is wrong)
+                        pace = fast
+                wake = min(wake, now + pace)
             if self._stop.wait(max(0.0, wake - now)):
                 return True
             if wake >= deadline:

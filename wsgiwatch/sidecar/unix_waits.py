@@ -54,6 +54,8 @@ def unix_listeners(
     snapshot: KernelSnapshot, inodes_by_pid: Mapping[int, set[int]]
 ) -> list[UnixSocket]:
     """The unix LISTEN sockets the workers hold."""
+    if not snapshot.unix:  # (most polls: no worker holds a unix listener)
+        return []
     held: set[int] = set().union(*inodes_by_pid.values()) if inodes_by_pid else set()
     return [s for s in snapshot.unix if s.state == LISTEN and s.inode in held and s.path]
 
@@ -64,6 +66,8 @@ def held_connections(
     """Per pid, its accepted connections on these listeners (they share the listener's
     name)."""
     paths = {s.path for s in listeners}
+    if not paths:  # (no unix listener: nothing to map, however many sockets the workers hold)
+        return {}
     owner = {inode: pid for pid, inodes in inodes_by_pid.items() for inode in inodes}
     out: dict[int, list[UnixSocket]] = {}
     for sock in snapshot.unix:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import os
+import time
 from dataclasses import dataclass, field
 
 import structlog
@@ -27,6 +28,11 @@ log = structlog.get_logger("wsgiwatch.sidecar")
 #: A spool whose header is still unwritten this long after its last change is no spool
 #: being created but a file that will stay so (all zeroes): it is counted as unreadable.
 NOT_READY_AFTER_S = 5.0
+
+#: A directory listing is trusted (not made again) once the directory's mtime is this much
+#: older than the listing: a change within the same tick of the filesystem's clock would
+#: not change the mtime (tmpfs and ext4 follow a kernel clock of a few ms; FAT keeps 2 s).
+LISTING_SETTLED_NS = 2_500_000_000
 
 #: Finished runs kept per worker, to find the blockers of requests that waited long.
 HISTORY_RUNS = 4096
@@ -131,6 +137,9 @@ class WorkerRegistry:
         self.directory_error: str | None = None  # why the directory cannot be listed now
         self.spool_errors = 0  # unreadable files, each once (the reason is in its log event)
         self.retired = Tally()  # what spools no longer followed said
+        self._listing: dict[str, os.DirEntry[str]] = {}  # the directory's last listing
+        self._listing_key: tuple[int, int, int, int] | None = None  # None: list again
+        self.listings = 0  # how many times the directory was listed (for tests)
 
     def _alive(self, pid: int, start_ticks: int) -> bool:
         if start_ticks:
@@ -145,10 +154,19 @@ class WorkerRegistry:
         return index
 
     def _entries(self) -> dict[str, os.DirEntry[str]]:
+        """The spool files in the directory: listed again only when the directory changed
+        since the last listing (see :meth:`_listing_stands`), which on a steady server is
+        never: a poll then costs one ``stat`` here, not a listing."""
         try:
+            st = os.stat(self.spool_dir)
+            if self._listing_stands(st):
+                return self._listing
+            listed_at_ns = time.time_ns()
+            self.listings += 1
             with os.scandir(self.spool_dir) as it:
                 entries = {e.path: e for e in it if e.name.endswith(fmt.SUFFIX)}
         except OSError as exc:
+            self._listing_key = None
             if self.directory_error is None:
                 # Workers write nothing there now: say so once, not every poll.
                 log.warning("spool.directory_missing", path=self.spool_dir, error=str(exc))
@@ -157,7 +175,22 @@ class WorkerRegistry:
         if self.directory_error is not None:
             self.directory_error = None
             log.info("spool.directory_back", path=self.spool_dir)
+        self._listing = entries
+        # A change in the same tick of the filesystem's clock as a listing leaves the
+        # directory's mtime as it was: a listing is trusted only once the directory's
+        # mtime is older than it by more than any such tick (coarse kernel clocks, 1 s or
+        # 2 s timestamps on some filesystems); until then, the directory is listed again.
+        recent = listed_at_ns - st.st_mtime_ns < LISTING_SETTLED_NS
+        self._listing_key = None if recent else _dir_key(st)
         return entries
+
+    def _listing_stands(self, st: os.stat_result) -> bool:
+        """Whether the last listing still holds: the same directory (device, inode), not
+        modified since (mtime, ctime), and every entry it found opened as a worker (one
+        not ready yet, or unreadable, is looked at again with fresh ``stat`` data)."""
+        if self._listing_key is None or _dir_key(st) != self._listing_key:
+            return False
+        return all(path in self.workers for path in self._listing)
 
     def refresh(self) -> None:
         """Open new spools, mark workers whose process is gone (``alive = False``)."""
@@ -303,6 +336,10 @@ class WorkerRegistry:
         for worker in self.workers.values():
             worker.reader.close()
         self.workers.clear()
+
+
+def _dir_key(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _inode(entry: os.DirEntry[str]) -> int:

@@ -12,7 +12,9 @@ The values it returns, and their decoding from bytes, are in :mod:`wsgiwatch.spo
 
 from __future__ import annotations
 
+import functools
 import os
+import struct
 import time
 from dataclasses import dataclass
 
@@ -98,6 +100,8 @@ class SpoolReader:
         self._accepts = geometry.accept_capacity
         self._record_base = geometry.record_base
         self._accept_base = geometry.accept_base
+        self._glance = _glance_struct(self._slot_count)
+        self._requests = _requests_struct(self._slot_count)
         #: Implausible ring heads or cursors found and recovered from (see the class doc).
         self.resyncs = 0
         self.last_resync = ""
@@ -222,6 +226,14 @@ class SpoolReader:
     def header(self) -> SpoolHeader:
         return decode_header(self._read(fmt.HEADER_SIZE, 0))
 
+    def glance(self) -> tuple[int, tuple[int, ...]]:
+        """(ring head, the request number in every slot: 0 = idle) from one ``pread`` and
+        one ``unpack``: what the sidecar looks at between polls, twenty times a second, so
+        it decodes nothing else (no header object, no slot objects). A slot being
+        rewritten may read as busy or idle: the caller only counts them."""
+        values = self._glance.unpack(self._read(self._glance.size, 0))
+        return values[0], values[1:]
+
     # -- records ---------------------------------------------------------------------------
     def read_records(self, limit: int | None = None, *, now_ns: int | None = None) -> ReadResult:
         """Records published since the cursor, oldest first (at most ``limit``)."""
@@ -296,10 +308,9 @@ class SpoolReader:
         # whole board is copied once; busy slots (usually few) once more each.
         board = self._read(total, fmt.HEADER_SIZE)
         busy: list[SlotState] = []
-        for index in range(self._slot_count):
+        requests = self._requests.unpack(board)
+        for index in [i for i, request in enumerate(requests) if request]:
             at = index * size
-            if fmt.SLOT_REQUEST.unpack_from(board, at)[0] == 0:
-                continue
             offset = fmt.HEADER_SIZE + at
             image = board[at : at + size]
             for _attempt in range(3):
@@ -344,6 +355,27 @@ class SpoolReader:
                     out.append(decode_accept(i + k, second, at))
         self.accept_cursor = max(self.accept_cursor, head)
         return out
+
+
+@functools.lru_cache(maxsize=16)
+def _requests_struct(slot_count: int) -> struct.Struct:
+    """The first field (the request number) of each of ``slot_count`` slots, from the
+    scoreboard's bytes, in one call (not one ``unpack_from`` per slot)."""
+    skip = fmt.SLOT_SIZE - fmt.SLOT_REQUEST.size
+    return struct.Struct("<" + f"Q{skip}x" * slot_count)
+
+
+@functools.lru_cache(maxsize=16)
+def _glance_struct(slot_count: int) -> struct.Struct:
+    """The ring head, then the request number of each slot, from the file's first bytes
+    (header and scoreboard are contiguous)."""
+    before = fmt.OFF_RING_HEAD
+    after = fmt.HEADER_SIZE - before - fmt.U64.size
+    board = _requests_struct(slot_count).format.lstrip("<")
+    # The last slot's tail after its request number is left unread.
+    trailing = f"{fmt.SLOT_SIZE - fmt.SLOT_REQUEST.size}x"
+    board = board[: -len(trailing)] if slot_count else board
+    return struct.Struct(f"<{before}xQ{after}x{board}")
 
 
 def list_spools(directory: str) -> list[str]:
