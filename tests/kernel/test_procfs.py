@@ -181,3 +181,30 @@ def test_running_until_reaped_is_not_running() -> None:
         child.wait()
     assert not procfs.process_running(child.pid, ticks)  # reaped: gone
     assert not procfs.process_running(4244 + 99, 1, FIXTURE_PROC)
+
+
+def test_exit_watch_sees_a_child_exit_as_process_running_does() -> None:
+    """A pidfd per followed process: not exited while it runs, exited once it is a zombie
+    and once reaped; a wrong start time (a reused pid) is never followed."""
+    watch = procfs.ExitWatch()
+    assert watch.enabled  # Linux 5.3+ with os.pidfd_open: this machine
+    with subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    ) as child:
+        ticks = procfs.process_start_ticks(child.pid)
+        assert ticks is not None
+        assert not watch.follow(child.pid, ticks + 1)  # another process under its pid
+        assert watch.follow(child.pid, ticks) and watch.exited() == set()
+        assert child.stdin is not None
+        child.stdin.close()
+        deadline = time.monotonic() + 10
+        while not watch.exited() and time.monotonic() < deadline:
+            time.sleep(0.01)  # it exits; we do not wait for it yet
+        assert watch.exited() == {(child.pid, ticks)}
+        assert not procfs.process_running(child.pid, ticks)  # a zombie: the two agree
+        child.wait()
+    assert watch.exited() == {(child.pid, ticks)}  # reaped: still exited
+    watch.forget(child.pid, ticks)
+    assert watch.exited() == set()
+    watch.close()
+    assert not procfs.ExitWatch(FIXTURE_PROC).follow(os.getpid(), 1)  # fixture roots: never

@@ -103,6 +103,8 @@ def test_glance_agrees_with_the_header_and_the_scoreboard(spool_dir: str) -> Non
         busy = {s.index: s.request for s in reader.scoreboard()}
         assert {i: r for i, r in enumerate(requests) if r} == busy
         assert sorted(busy) == [0, 4, 8]
+        header, slots = reader.header_and_scoreboard()
+        assert header == reader.header() and slots == reader.scoreboard()
     writer.unmap()
 
 

@@ -10,11 +10,13 @@ that do not match the documented layout raise :class:`KernelParseError` naming t
 from __future__ import annotations
 
 import os
+import select
 from dataclasses import dataclass
 
 from wsgiwatch.kernel.errors import KernelParseError
 
 __all__ = [
+    "ExitWatch",
     "ProcessSample",
     "parse_start_ticks",
     "parse_stat",
@@ -189,3 +191,59 @@ def pid_exists(pid: int) -> bool:
     except PermissionError:  # it exists, it is just not ours to signal
         return True
     return True
+
+
+class ExitWatch:
+    """Whether processes known to be running have exited since, for many at once: one
+    ``poll(2)`` over a pidfd per process (Linux 5.3 and later), instead of reading and
+    parsing ``/proc/PID/stat`` for every worker on every poll.
+
+    A pidfd names one process for good (never a later one under a reused pid), and reads
+    as ready once that process has exited, zombie or reaped: what
+    :func:`process_running` calls not running. :meth:`follow` opens it *before* checking
+    the start time, so a pid reused in between is caught by the check. Only for the real
+    ``/proc``: a fixture tree's pids are no processes of ours. Where pidfds cannot be had
+    (an older kernel, a seccomp filter) :meth:`follow` says False and the caller reads
+    ``stat`` as before.
+    """
+
+    def __init__(self, procfs_root: str = "/proc") -> None:
+        self.enabled = procfs_root == "/proc" and hasattr(os, "pidfd_open")
+        self._fds: dict[tuple[int, int], int] = {}  # (pid, start ticks) -> pidfd
+        self._poller = select.poll() if self.enabled else None
+
+    def follow(self, pid: int, start_ticks: int) -> bool:
+        """Follow ``pid`` (which started at ``start_ticks``) if it runs now; whether it is
+        followed (False: it is gone, or pidfds are unavailable: ask ``process_running``)."""
+        key = (pid, start_ticks)
+        if key in self._fds:
+            return True
+        if not self.enabled or not start_ticks or self._poller is None:
+            return False
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:  # gone, or pidfds refused here: the caller reads stat instead
+            return False
+        if not process_running(pid, start_ticks):
+            os.close(fd)
+            return False
+        self._fds[key] = fd
+        self._poller.register(fd, select.POLLIN)
+        return True
+
+    def exited(self) -> set[tuple[int, int]]:
+        """The followed processes that have exited (one system call for all of them)."""
+        if not self._fds or self._poller is None:
+            return set()
+        ready = {fd for fd, _events in self._poller.poll(0)}
+        return {key for key, fd in self._fds.items() if fd in ready}
+
+    def forget(self, pid: int, start_ticks: int) -> None:
+        fd = self._fds.pop((pid, start_ticks), None)
+        if fd is not None and self._poller is not None:
+            self._poller.unregister(fd)
+            os.close(fd)
+
+    def close(self) -> None:
+        for pid, start_ticks in list(self._fds):
+            self.forget(pid, start_ticks)

@@ -55,8 +55,10 @@ def find_listeners(
     wanted = set(ports or ())
     if wanted:
         return [s for s in snapshot.tcp if s.state == LISTEN and s.local_port in wanted]
-    held: set[int] = set().union(*inodes_by_pid.values()) if inodes_by_pid else set()
-    return [s for s in snapshot.tcp if s.state == LISTEN and s.inode in held]
+    # Each listener asked of each worker's set: a union of every worker's inodes (one per
+    # open connection) would be built on every poll for a handful of listeners.
+    maps = list(inodes_by_pid.values())
+    return [s for s in snapshot.tcp if s.state == LISTEN and any(s.inode in m for m in maps)]
 
 
 def is_waiting(sock: TcpSocket, served_before: bool) -> bool:

@@ -337,8 +337,7 @@ class Monitor:
 
     def _read_scoreboard(self, worker: Worker, now: int) -> list[SlotState]:
         """Read what the worker runs now; returns the raw slots (a dead worker's last)."""
-        worker.header = worker.reader.header()
-        slots = worker.reader.scoreboard()
+        worker.header, slots = worker.reader.header_and_scoreboard()
         if worker.alive:
             worker.stuck = [s for s in slots if now - s.entry_ns > self.stuck_after_ns]
             worker.slots = [s for s in slots if now - s.entry_ns <= self.stuck_after_ns]

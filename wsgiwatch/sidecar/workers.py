@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from wsgiwatch.errors import SpoolFormatError, SpoolNotReady
-from wsgiwatch.kernel.procfs import pid_exists, process_running
+from wsgiwatch.kernel.procfs import ExitWatch, pid_exists, process_running
 from wsgiwatch.sidecar.detect import Run
 from wsgiwatch.spool import fate
 from wsgiwatch.spool import layout as fmt
@@ -140,9 +140,17 @@ class WorkerRegistry:
         self._listing: dict[str, os.DirEntry[str]] = {}  # the directory's last listing
         self._listing_key: tuple[int, int, int, int] | None = None  # None: list again
         self.listings = 0  # how many times the directory was listed (for tests)
+        # Liveness of the workers followed so far, one poll(2) per refresh (see ExitWatch).
+        self._exits = ExitWatch(procfs_root)
+        self._exits_seen: set[tuple[int, int]] = set()
 
-    def _alive(self, pid: int, start_ticks: int) -> bool:
+    def _alive(self, pid: int, start_ticks: int, *, follow: bool = True) -> bool:
+        """Whether the process runs; ``follow``: a worker's, so worth a pidfd."""
         if start_ticks:
+            if (pid, start_ticks) in self._exits_seen:
+                return False
+            if follow and self._exits.follow(pid, start_ticks):
+                return True  # followed by a pidfd, not among those exited at this refresh
             return process_running(pid, start_ticks, self.procfs_root)
         return pid_exists(pid)
 
@@ -194,6 +202,7 @@ class WorkerRegistry:
 
     def refresh(self) -> None:
         """Open new spools, mark workers whose process is gone (``alive = False``)."""
+        self._exits_seen = self._exits.exited()
         entries = self._entries()
         for path, entry in sorted(entries.items()):
             worker = self.workers.get(path)
@@ -236,7 +245,7 @@ class WorkerRegistry:
         pid_text, _, ticks_text = name[: -len(fmt.SUFFIX)].partition("-")
         if not (pid_text.isdigit() and ticks_text.isdigit()):
             return False
-        return not self._alive(int(pid_text), int(ticks_text))
+        return not self._alive(int(pid_text), int(ticks_text), follow=False)
 
     def _open(self, entry: os.DirEntry[str]) -> Worker | None:
         path = entry.path
@@ -282,6 +291,9 @@ class WorkerRegistry:
 
     def _forget(self, worker: Worker) -> None:
         self.workers.pop(worker.reader.path, None)
+        key = (worker.pid, worker.reader.start_ticks)
+        if not any((w.pid, w.reader.start_ticks) == key for w in self.workers.values()):
+            self._exits.forget(*key)  # (unless a newer spool of the same process is followed)
         self.retired.add(worker.tally(with_process_totals=worker.gone))
         worker.reader.close()
 
@@ -336,6 +348,7 @@ class WorkerRegistry:
         for worker in self.workers.values():
             worker.reader.close()
         self.workers.clear()
+        self._exits.close()
 
 
 def _dir_key(st: os.stat_result) -> tuple[int, int, int, int]:

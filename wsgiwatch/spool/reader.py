@@ -302,17 +302,25 @@ class SpoolReader:
     # -- scoreboard ------------------------------------------------------------------------
     def scoreboard(self) -> list[SlotState]:
         """The requests running now, one per busy slot."""
+        return self._busy(self._read(self._slot_count * fmt.SLOT_SIZE, fmt.HEADER_SIZE), 0)
+
+    def header_and_scoreboard(self) -> tuple[SpoolHeader, list[SlotState]]:
+        """:meth:`header` and :meth:`scoreboard` from one copy of the file's first bytes
+        (they are contiguous): what the sidecar reads of every worker on every poll."""
+        data = self._read(fmt.HEADER_SIZE + self._slot_count * fmt.SLOT_SIZE, 0)
+        return decode_header(data), self._busy(data, fmt.HEADER_SIZE)
+
+    def _busy(self, data: bytes, base: int) -> list[SlotState]:
+        """The busy slots of the board copied into ``data`` at ``base``."""
         size = fmt.SLOT_SIZE
-        total = self._slot_count * size
         # A slot is rewritten in one store: two equal copies are one consistent state. The
         # whole board is copied once; busy slots (usually few) once more each.
-        board = self._read(total, fmt.HEADER_SIZE)
         busy: list[SlotState] = []
-        requests = self._requests.unpack(board)
+        requests = self._requests.unpack_from(data, base)
         for index in [i for i, request in enumerate(requests) if request]:
-            at = index * size
-            offset = fmt.HEADER_SIZE + at
-            image = board[at : at + size]
+            at = base + index * size
+            offset = fmt.HEADER_SIZE + index * size
+            image = data[at : at + size]
             for _attempt in range(3):
                 again = self._read(size, offset)
                 if again == image:
