@@ -29,6 +29,7 @@ W1, W2, OTHER = 101, 102, 103
 LISTEN_INODE = 500
 LISTENER = tcp(state="LISTEN", port=8000, peer="0.0.0.0", peer_port=0, inode=LISTEN_INODE)
 MID = 10 * S
+ONE = frozenset({W1})
 
 
 def record(
@@ -63,7 +64,7 @@ def record(
 def seen(
     port: int, *, addr: str = "127.0.0.1", holders: frozenset[int] = frozenset({W1})
 ) -> InBacklog:
-    return InBacklog(8000, addr, port, MID - 200 * MS, holders)
+    return InBacklog(8000, addr, port, MID - 201 * MS, MID - 199 * MS, holders)
 
 
 def test_backlog_connections_by_4_tuple_with_the_workers_that_may_take_them() -> None:
@@ -74,7 +75,10 @@ def test_backlog_connections_by_4_tuple_with_the_workers_that_may_take_them() ->
     ]
     inodes = {W1: {LISTEN_INODE, 11}, W2: {LISTEN_INODE}, OTHER: {7}}
     (item,) = in_backlog(snapshot([LISTENER, *socks], MID), [LISTENER], inodes)
-    assert item == InBacklog(8000, "10.0.0.7", 40001, MID - 200 * MS, frozenset({W1, W2}))
+    # bounded by the dump's start and end (snapshot() makes it 2 us long)
+    bounds = (MID - 1000 - 200 * MS, MID + 1000 - 200 * MS)
+    assert item == InBacklog(8000, "10.0.0.7", 40001, *bounds, frozenset({W1, W2}))
+    assert item.arrival_ns == MID - 200 * MS
 
 
 def test_a_flagged_record_takes_its_sighting_once() -> None:
@@ -117,12 +121,18 @@ def test_behind_a_proxy_the_port_decides_unless_two_peers_share_it() -> None:
     assert sightings.take(record(40002, peer="10.0.0.3")) == seen(40002, addr="10.0.0.3")
 
 
-def test_the_first_arrival_is_kept_and_old_sightings_forgotten() -> None:
+def test_later_sightings_narrow_the_arrival_and_old_ones_are_forgotten() -> None:
+    """Each dump bounds the arrival (its start and end, less the kernel's age of the bytes,
+    a jiffy either way): the tightest bounds are kept, so a slow dump blurs nothing."""
     sightings = BacklogSightings()
-    sightings.add([seen(40001)], MID)
-    later = InBacklog(8000, "127.0.0.1", 40001, MID - 196 * MS, frozenset({W1}))
-    sightings.add([later], MID + 100 * MS)  # the next dump: a jiffy's difference
-    assert sightings.take(record(40001)) == seen(40001)
+    bounds = [(-210, -190), (-203, -150), (-260, -196)]  # ms from MID; the 2nd and 3rd slow
+    for i, (earliest, latest) in enumerate(bounds):
+        item = InBacklog(8000, "127.0.0.1", 40001, MID + earliest * MS, MID + latest * MS, ONE)
+        sightings.add([item], MID + i * 100 * MS)
+    taken = sightings.take(record(40001))
+    assert taken is not None
+    assert (taken.earliest_ns, taken.latest_ns) == (MID - 203 * MS, MID - 196 * MS)
+    assert taken.arrival_ns == MID - 199 * MS - MS // 2
     sightings.add([seen(40009)], MID)
     sightings.add([], MID + SIGHTING_TTL_NS + 1)
     assert len(sightings) == 0

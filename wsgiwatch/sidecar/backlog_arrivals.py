@@ -15,6 +15,7 @@ that names another connection (the client's, to a proxy) is never joined with ou
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -45,8 +46,15 @@ class InBacklog:
     listener_port: int
     peer_addr: str  # as the worker records it (no ``::ffff:`` prefix)
     peer_port: int
-    arrival_ns: int  # CLOCK_MONOTONIC estimate of when its bytes came
+    # When its bytes came (CLOCK_MONOTONIC), as bounded by one dump: the kernel's age of
+    # them (``tcpi_last_data_recv``) taken from when the dump began and when it ended.
+    earliest_ns: int
+    latest_ns: int
     holders: frozenset[int]  # pids holding the listener: one of them will accept it
+
+    @property
+    def arrival_ns(self) -> int:
+        return (self.earliest_ns + self.latest_ns) // 2
 
 
 def in_backlog(
@@ -63,13 +71,14 @@ def in_backlog(
     for sock in snapshot.tcp:
         if sock.inode != 0 or sock.state != ESTABLISHED or sock.local_port not in holders:
             continue
-        arrival = snapshot.arrival_ns(sock)
+        age = (sock.last_data_recv_ms or 0) * 1_000_000  # unknown: waiting since the dump
         found.append(
             InBacklog(
                 sock.local_port,
                 plain_addr(sock.peer_addr),
                 sock.peer_port,
-                snapshot.midpoint_ns if arrival is None else arrival,
+                snapshot.started_ns - age,
+                snapshot.finished_ns - age,
                 holders[sock.local_port],
             )
         )
@@ -116,7 +125,7 @@ class BacklogSightings:
     """Connections seen in backlogs, kept until the request each became finishes."""
 
     def __init__(self) -> None:
-        # peer port -> peer address -> (sighting, last seen)
+        # peer port -> peer address -> (sighting, its bounds narrowed by later ones; last seen)
         self._seen: dict[int, dict[str, tuple[InBacklog, int]]] = {}
 
     def __len__(self) -> int:
@@ -125,10 +134,18 @@ class BacklogSightings:
     def add(self, seen: Iterable[InBacklog], now: int) -> None:
         for item in seen:
             by_addr = self._seen.setdefault(item.peer_port, {})
-            first = by_addr.get(item.peer_addr)
-            # The first sighting's arrival is kept: later dumps estimate the same moment.
-            keep = first[0] if first and first[0].listener_port == item.listener_port else item
-            by_addr[item.peer_addr] = (keep, now)
+            known = by_addr.get(item.peer_addr)
+            if known is not None and known[0].listener_port == item.listener_port:
+                # The same connection in a later dump. Each dump bounds the moment its bytes
+                # came, give or take a jiffy at a phase of its own: the tightest bounds are
+                # kept, so a slow dump (a wide bound) does not blur a quick one's.
+                first = known[0]
+                item = dataclasses.replace(
+                    first,
+                    earliest_ns=max(first.earliest_ns, item.earliest_ns),
+                    latest_ns=min(first.latest_ns, item.latest_ns),
+                )
+            by_addr[item.peer_addr] = (item, now)
         for port, by_addr in list(self._seen.items()):
             for addr, (_, last) in list(by_addr.items()):
                 if now - last > SIGHTING_TTL_NS:
