@@ -11,6 +11,11 @@ interpreter has the real module; tests/e2e/test_uwsgi.py runs the same code ther
 mode again under ``strace -f -c -e trace=getpeername``, counting the syscalls per request.
 
     .venv/bin/python benchmarks/uwsgi_identity_cost.py [--requests 20000] [--rounds 9]
+    .venv/bin/python benchmarks/uwsgi_identity_cost.py --against /path/to/other/checkout
+
+``--against`` adds instruction counts (valgrind's callgrind: repeatable on a shared machine)
+of the fast paths here and in another checkout whose C extension is built (the commit
+before this change, say), run by this Python with that checkout first on ``sys.path``.
 """
 
 from __future__ import annotations
@@ -61,11 +66,14 @@ def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = 
 class Bench:
     """The apps of every mode, a spool directory each, and the socket uWSGI would hold."""
 
-    def __init__(self) -> None:
+    def __init__(self, modes: tuple[str, ...] = MODES) -> None:
         os.environ.pop("WSGIWATCH_PURE_PYTHON", None)
         from wsgiwatch.spool import layout as fmt
         from wsgiwatch.spool.reader import SpoolReader, list_spools
-        from wsgiwatch.worker import middleware
+        from wsgiwatch.worker import accelerator, middleware
+
+        if any(m.startswith("c-") for m in modes) and accelerator.speedups is None:
+            raise SystemExit("the C extension is not built in this checkout")
 
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.client = socket.create_connection(self.listener.getsockname())
@@ -77,7 +85,9 @@ class Bench:
         self.tmp = tempfile.mkdtemp(prefix="wsgiwatch-bench-", dir=base)
         self.apps: dict[str, Any] = {"bare": hello_app}
         classes = {"c": middleware.WSGIWatch, "python": middleware.PythonWSGIWatch}
-        for mode in MODES[1:]:
+        for mode in modes:
+            if mode == "bare":
+                continue
             kind, asked = mode.split("-")
             directory = os.path.join(self.tmp, mode)
             os.mkdir(directory, 0o700)
@@ -146,13 +156,34 @@ def check_ns() -> float:
         mm.close()
 
 
+def instructions(tree: str, mode: str, requests: int) -> int | None:
+    """Instructions per request of ``mode`` with the package from ``tree``, by callgrind:
+    the difference of two runs (``requests`` apart), so start-up cancels out."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        return None
+    env = dict(os.environ, PYTHONPATH=tree, PYTHONHASHSEED="0")
+    counts = []
+    for n in (1000, 1000 + requests):
+        with tempfile.NamedTemporaryFile("r", suffix=".callgrind") as out:
+            argv = [valgrind, "--tool=callgrind", f"--callgrind-out-file={out.name}"]
+            argv += [sys.executable, __file__, "--only", mode, "--requests", str(n)]
+            subprocess.run(argv, check=True, capture_output=True, env=env, timeout=900)
+            found = re.search(r"^summary: (\d+)", out.read(), re.M)
+        if found is None:
+            return None
+        counts.append(int(found.group(1)))
+    return (counts[1] - counts[0]) // requests
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--against", help="another checkout, for instruction counts")
     parser.add_argument("--only", choices=MODES, help=argparse.SUPPRESS)  # under strace
     args = parser.parse_args()
-    bench = Bench()
+    bench = Bench((args.only,) if args.only else MODES)
     try:
         if args.only:
             bench.drive(bench.apps[args.only], args.requests)
@@ -183,6 +214,12 @@ def main() -> int:
             f"{mode:<14} {statistics.median(added):>22.0f} {f'{lo:.0f} to {hi:.0f}':>16} "
             f"{'n/a' if calls is None else f'{calls:.2f}':>16}"
         )
+    if args.against:
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        print(f"instructions per request (callgrind), here vs {args.against}:")
+        for mode in ("bare", "c-fast", "python-fast"):
+            mine, theirs = (instructions(tree, mode, 3000) for tree in (here, args.against))
+            print(f"  {mode:<12} here {mine}  there {theirs}")
     return 0
 
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import socket
+import subprocess
 import threading
 import time
 import urllib.request
@@ -37,7 +39,15 @@ from support.middleware_support import (
     wait_new_records,
     wait_scoreboard_empty,
 )
-from support.servers import Server, free_port, run_server, sidecar, uwsgi, uwsgi_argv
+from support.servers import (
+    VENV_BIN,
+    Server,
+    free_port,
+    run_server,
+    sidecar,
+    uwsgi,
+    uwsgi_argv,
+)
 
 from wsgiwatch.spool import layout as fmt
 
@@ -161,9 +171,10 @@ def test_file_wrapper_keeps_sendfile(body_file: str, tmp_path: Path) -> None:
 
 BACKLOG_POLL_S = 0.1
 #: The kernel's arrival estimate is ``tcpi_last_data_recv`` (whole jiffies: 4 ms at HZ=250)
-#: against the middle of the dump; the client's clock also counts its connect. Seen here on a
-#: shared machine: errors of 0.1 to 6.3 ms.
-BACKLOG_TOLERANCE_S = 0.008
+#: within the dump's start and end; a dump the sidecar was descheduled in widens that, and the
+#: client's clock also counts its connect. Seen here on the shared machine: 0.1 to 5.5 ms, and
+#: 9.1 ms once at load average 10 on 2 cores.
+BACKLOG_TOLERANCE_S = 0.010
 ROUTER_HOP_S = 0.050
 
 
@@ -250,6 +261,12 @@ def test_backlog_waits_are_matched_by_each_connections_own_port(mode: str, tmp_p
                 sent = _slow_then_fast(srv.port, f"{mode}-queued", slow_s=0.8, fast=6)
                 views = _views(url, [s.route for s in sent] + [f"/r/{mode}-alone0"])
                 records = {r.route: r for r in all_records(spool)}
+                diagnosis = subprocess.run(
+                    [os.path.join(VENV_BIN, "wsgiwatch"), "diagnose", "--url", url],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                ).stdout
         calls_in_all = _getpeername_calls(trace, pid)
     table = "\n".join(
         f"{s.route}: client {s.wait_s * 1e3:.1f} ms, sidecar {views[s.route]}" for s in sent
@@ -281,6 +298,9 @@ def test_backlog_waits_are_matched_by_each_connections_own_port(mode: str, tmp_p
         assert -BACKLOG_TOLERANCE_S <= s.wait_s - view["wait_s"] <= BACKLOG_TOLERANCE_S + hop, table
         assert view["phases"] == {"backlog": view["wait_s"]}, table
     assert calls_in_all >= len(fast), trace.read_text()  # the flagged path: one each
+    # diagnose: the waits were in the backlog (healthy), not inside the worker
+    assert "HEAD-OF-LINE BLOCKING" not in diagnosis, diagnosis
+    assert re.search(r"in the kernel accept backlog: .* over 6 connections", diagnosis), diagnosis
 
 
 def _views(url: str, routes: list[str]) -> dict[str, dict[str, Any]]:
