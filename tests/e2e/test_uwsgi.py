@@ -39,6 +39,7 @@ from support.middleware_support import (
     wait_new_records,
     wait_scoreboard_empty,
 )
+from support.nginx import nginx
 from support.servers import (
     VENV_BIN,
     Server,
@@ -311,3 +312,38 @@ def _views(url: str, routes: list[str]) -> dict[str, dict[str, Any]]:
 
     views: dict[str, dict[str, Any]] = wait_for("the sidecar read every request", found, 15)
     return views
+
+
+@pytest.mark.timeout(120)
+def test_behind_nginx_over_tcp_the_backlog_is_joined_by_nginxs_connection(
+    spool_dir: str,
+) -> None:
+    """nginx's ``uwsgi_pass`` to one uWSGI worker over TCP: REMOTE_PORT is the client's port
+    to nginx, the worker's connection is nginx's. The queued requests are matched by nginx's
+    connection (flagged), their waits split into nginx's share (from its X-Request-Start)
+    and the backlog's, adding up to the client's within a few ms."""
+    port = free_port()
+    argv = uwsgi_argv(["--socket", f"127.0.0.1:{port}"], "apps.stamped:application", 1, 1)
+    with (
+        run_server(argv, port, spool_dir) as srv,
+        nginx(f"127.0.0.1:{srv.port}", request_start=True, protocol="uwsgi") as front,
+    ):
+        running, sidecar_port = sidecar(spool_dir, "--poll-interval", str(BACKLOG_POLL_S))
+        with running:
+            url = f"http://127.0.0.1:{sidecar_port}"
+            assert fetch(front.port, "/r/nginx-warm").status == 200
+            sent = _slow_then_fast(front.port, "nginx-tcp", slow_s=0.8, fast=6)
+            views = _views(url, [s.route for s in sent])
+            records = {r.route: r for r in all_records(spool_dir)}
+    table = "\n".join(
+        f"{s.route}: client {s.wait_s * 1e3:.1f} ms, sidecar {views[s.route]}" for s in sent
+    )
+    for s in sent[1:]:
+        view, record = views[s.route], records[s.route]
+        assert record.flags & fmt.FLAG_PEER_FROM_SOCKET, table
+        assert record.peer_port not in (0, s.local_port), table  # nginx's, not the client's
+        assert view["wait_source"] == "backlog" and view["blocked"] is False, table
+        phases = view["phases"]
+        assert set(phases) == {"backlog", "proxy"} and phases["proxy"] < 0.05, table
+        assert s.wait_s > 0.3, table
+        assert abs(phases["backlog"] + phases["proxy"] - s.wait_s) <= BACKLOG_TOLERANCE_S, table

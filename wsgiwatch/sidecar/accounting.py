@@ -188,7 +188,12 @@ class Accountant:
         what the sources know: a proxy's time alone cannot be split. A wait seen in the
         backlog (uWSGI) is all backlog: the worker began it as soon as it accepted it."""
         if ready.source == BACKLOG:
-            return {"backlog": queue_wait_ns(record.entry_ns, ready.ns) / 1e9}
+            phases = {"backlog": queue_wait_ns(record.entry_ns, ready.ns) / 1e9}
+            if record.proxy_wall_ns:  # nginx's uwsgi_pass over TCP: its time came first
+                proxy_ns = ready.ns - (record.proxy_wall_ns - wall_offset)
+                if proxy_ns >= -PROXY_ROUNDING_NS:
+                    phases["proxy"] = max(0, proxy_ns) / 1e9
+            return phases
         if not ready.inside:
             return {}
         phases = {"process": queue_wait_ns(record.entry_ns, ready.ns) / 1e9}
