@@ -7,7 +7,10 @@ iterated, sized and closed like any list there. Its ``wsgi.file_wrapper`` is a f
 that hands the file back, and it uses sendfile only when the app returns that very object.
 
 uWSGI 2.0's HTTP parser puts no ``REMOTE_PORT`` and no ``SERVER_SOFTWARE`` in the environ:
-records carry peer port 0, and the server is named from ``uwsgi.version``.
+records carry peer port 0, and the server is named from ``uwsgi.version``; its ``--http``
+router passes the client's port (byte-swapped), nginx's ``uwsgi_pass`` the client's port to
+nginx. While connections queue in a worker's listen backlog, the sidecar asks the worker to
+read each connection's own port (the last tests here).
 """
 
 from __future__ import annotations
