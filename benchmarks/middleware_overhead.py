@@ -177,39 +177,70 @@ def python_wsgiwatch_app(spool_dir: str) -> App:
     return PythonWSGIWatch(hello_app, spool_dir=spool_dir)
 
 
-#: The two contenders of the accept hook (the hook is on by default in gunicorn, waitress
-#: and cheroot): the server noted this request's connection (its accept, and when the
-#: request was ready), as a stand-in server does here before each call; the same stand-in
-#: work around a request with no such entry is the control. Their difference is what the
-#: hook adds to the request path; the stand-in's own dict work is the server's.
-HOOKED = "WSGIWatch, accept hook: server's note + request"
-HOOKED_CONTROL = "  (control: the same note, request not hooked)"
+#: The accept hook (on by default in gunicorn, waitress and cheroot). A hooked server keeps
+#: an entry per open connection (accept_hook.ACCEPTED: here the request's connection among
+#: 63 others, as a busy gthread worker has them) and, when it hands a kept-alive request
+#: to a thread, notes that it is ready (``note_request_ready``, from waitress's ``add_task``
+#: and gthread's ``enqueue_req``; cheroot's ``process_conn`` does the same): the middleware
+#: then reads the entry in C. Measured three ways, interleaved with the rest:
+#: - HOOKED: the entry marked ready (one list store, the stand-in for the server's note),
+#:   then the request; HOOKED_CONTROL: the same store into a list of no connection, then
+#:   an unhooked request (ACCEPTED empty, as for every other contender). Their difference
+#:   is what the hook adds to the request path; printed as HOOKED_ROW, added to WSGIWatch.
+#: - NOTE: the bare app behind ``note_ready(addr)`` (``note_request_ready``'s C twin),
+#:   called through a wrapper as the servers call it: the hook's cost in the server's
+#:   thread, per kept-alive request.
+HOOKED = "  (hooked: stand-in note + request)"
+HOOKED_CONTROL = "  (control: the same store, request not hooked)"
+HOOKED_ROW = "WSGIWatch, hooked (entry noted ready)"
+NOTE = "server's ready note (note_ready)"
+HOOK_PORT = 40001
+HOOK_ADDR = ("127.0.0.1", HOOK_PORT)
+
+#: name -> (enter, leave): run around each of that contender's samples, untimed.
+SETUP: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {}
 
 
 def hooked_apps(spool_dir: str) -> dict[str, App]:
     from wsgiwatch import WSGIWatch
-    from wsgiwatch.worker.accept_hook import ACCEPTED
+    from wsgiwatch.worker import accept_hook
 
+    accepted = accept_hook.ACCEPTED
     watch = WSGIWatch(hello_app, spool_dir=spool_dir)
-    hooked_env = dict(make_environ(), REMOTE_PORT="40001")
-    key = ("127.0.0.1", 40001)
-    elsewhere: dict[tuple[str, int], list[int]] = {}
+    hooked_env = dict(make_environ(), REMOTE_PORT=str(HOOK_PORT))
+    ready = accept_hook.READY
+
+    def enter() -> None:
+        for port in range(HOOK_PORT - 32, HOOK_PORT + 32):  # accepted by this worker
+            accept_hook.remember(HOOK_ADDR[0], port, time.monotonic_ns(), 0)
+        accepted[HOOK_PORT][accept_hook.USES] = 1  # its first request was served
+
+    entry_of = accepted.get
+    spare = [0, 0, 1, 0, HOOK_ADDR[0], None]
 
     def hooked(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        ACCEPTED[key] = [1, 0, 1, 2]  # accepted, a request served, the next one ready
-        try:
-            return watch(hooked_env, start_response)
-        finally:
-            del ACCEPTED[key]  # the other contenders run with no hook entries at all
+        entry_of(HOOK_PORT)[ready] = 2  # type: ignore[index]
+        return watch(hooked_env, start_response)
 
     def control(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        elsewhere[key] = [1, 0, 1, 2]
-        try:
-            return watch(environ, start_response)
-        finally:
-            del elsewhere[key]
+        entry_of(HOOK_PORT, spare)[ready] = 2
+        return watch(environ, start_response)
 
-    return {HOOKED: hooked, HOOKED_CONTROL: control}
+    note_ready = accept_hook.note_ready  # what the servers' hooks call (C when built)
+
+    def noted(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        note_ready(HOOK_ADDR)
+        return hello_app(environ, start_response)
+
+    def server_noting(app: App) -> App:
+        def add_task(environ: dict[str, Any], sr: Callable[..., Any]) -> Iterable[bytes]:
+            return app(environ, sr)  # the server's wrapper frame (autohook's noting_add_task)
+
+        return add_task
+
+    SETUP[HOOKED] = (enter, accepted.clear)
+    SETUP[NOTE] = (enter, accepted.clear)
+    return {HOOKED: hooked, HOOKED_CONTROL: control, NOTE: server_noting(noted)}
 
 
 def otel_app() -> App:
@@ -289,19 +320,40 @@ def bench(
     """Per contender, the ns per request above the bare app, one value per round."""
     env = make_environ()
     work = ServerLikeWork()
-    for app in apps.values():  # warm up lazy setup (our spool opens here)
+    nothing = (_nothing, _nothing)
+    for name, app in apps.items():  # warm up lazy setup (our spool opens here)
+        enter, leave = SETUP.get(name, nothing)
+        enter()
         drive(app, env, 5000)
+        leave()
     samples: dict[str, list[float]] = {name: [] for name in apps}
     for _ in range(rounds):
         for name, app in apps.items():
             n = max(100, requests // SLOW.get(name, 1))
+            enter, leave = SETUP.get(name, nothing)
+            enter()
             samples[name].append(drive_cold(app, env, n, work) if cold else drive(app, env, n))
+            leave()
     bare = samples.pop("bare app")
     added = {
         name: [s - b for s, b in zip(vals, bare, strict=True)] for name, vals in samples.items()
     }
+    # The hooked request, round by round: WSGIWatch plus what the hook added in that round.
+    hooked = [
+        ours + h - c
+        for ours, h, c in zip(
+            added["WSGIWatch"], added.pop(HOOKED), added.pop(HOOKED_CONTROL), strict=True
+        )
+    ]
+    rows = list(added.items())
+    rows.insert(1 + [name for name, _ in rows].index("WSGIWatch"), (HOOKED_ROW, hooked))
+    added = dict(rows)
     added["bare app (absolute ns/request)"] = bare
     return added
+
+
+def _nothing() -> None:
+    pass
 
 
 def primitives() -> dict[str, float]:
@@ -320,6 +372,7 @@ def primitives() -> dict[str, float]:
 
 TARGET_ADDED_NS = 1000  # issue 2: median added cost <= 1 us per request
 TARGET_OTEL_RATIO = 20  # ... and at least 20x below OpenTelemetry's
+TARGET_HOOKED_NS = 500  # issue 10: <= 0.5 us added where nothing waited (the hook is on)
 
 
 def print_header() -> None:
@@ -341,20 +394,24 @@ def print_table(title: str, added: dict[str, list[float]], cold: bool = False) -
     ours = med["WSGIWatch"]
     floor = med["floor (2 clock reads + 64 B pack_into)"]
     print(f"\n{title}")
-    print(f"{'contender':42} {'added ns/req':>12} {'min..max over rounds':>22} {'/ WSGIWatch':>12}")
+    print(f"{'contender':44} {'added ns/req':>12} {'min..max over rounds':>22} {'/ WSGIWatch':>12}")
     for name, values in added.items():
         spread = f"{min(values):.0f}..{max(values):.0f}"
-        ratio = "" if name.startswith(("bare", "WSGIWatch", "  (")) else f"{med[name] / ours:12.2f}"
-        print(f"{name:42} {med[name]:12.0f} {spread:>22} {ratio:>12}")
+        ratio = (
+            "" if name.startswith(("bare", "WSGIWatch", "server")) else f"{med[name] / ours:12.2f}"
+        )
+        print(f"{name:44} {med[name]:12.0f} {spread:>22} {ratio:>12}")
     otel = med["OpenTelemetry WSGI (no-op exporter)"]
     met_cost = "met" if ours <= TARGET_ADDED_NS else "NOT met"
     met_otel = "met" if otel / ours >= TARGET_OTEL_RATIO else "NOT met"
     if cold:  # issue 2's targets are hot-loop figures (its floor, ~0.35 us, is one)
         met_cost += f"; the target is a hot-loop one, and here the floor alone is {floor:.0f} ns"
-    hook_ns = med[HOOKED] - med[HOOKED_CONTROL]
+    hooked, note = med[HOOKED_ROW], med[NOTE]
+    met_hooked = "met" if hooked <= TARGET_HOOKED_NS else "NOT met"
     print(
-        f"The accept hook adds {hook_ns:+.0f} ns to a request (hooked minus control): "
-        f"{ours + hook_ns:.0f} ns added in all on a hooked server."
+        f"On a hooked server: {hooked:.0f} ns added per request ({hooked - ours:+.0f} ns for "
+        f"the hook; target <= {TARGET_HOOKED_NS} ns: {met_hooked}), and the server's ready "
+        f"note {note:.0f} ns per kept-alive request, in the server's thread."
     )
     print(
         f"WSGIWatch over the floor: {ours - floor:+.0f} ns ({ours / floor:.1f}x the floor). "
