@@ -1221,7 +1221,9 @@ note_ready(PyObject *module, PyObject *addr)
         PyErr_Clear();
     }
     PyObject *hook = PyImport_ImportModule("wsgiwatch.worker.accept_hook");
-    PyObject *done = hook ? PyObject_CallMethod(hook, "note_request_ready", "O", addr) : NULL;
+    PyObject *twin = hook ? PyObject_GetAttrString(hook, "note_request_ready") : NULL;
+    PyObject *done = twin ? PyObject_CallOneArg(twin, addr) : NULL; /* addr is one argument */
+    Py_XDECREF(twin);
     Py_XDECREF(hook);
     Py_XDECREF(done);
     PyErr_Clear();
