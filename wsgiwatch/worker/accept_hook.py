@@ -53,6 +53,11 @@ ENTRY_LEN: Final = 6
 CHAIN_MAX: Final = 4
 
 
+#: The int object a port is keyed by: the very one the C path looks up (a lookup by
+#: identity, no comparison of ints); any other int stands for itself.
+_port_key: Callable[[int], int] = speedups.port_key if speedups is not None else int
+
+
 def unix_key(fd: int) -> int:
     """The :data:`ACCEPTED` key of a unix-socket connection: below every port."""
     return -1 - fd
@@ -87,6 +92,7 @@ def connection(peer: str, key: int) -> list[Any] | None:
 def remember(peer: str, key: int, accept_ns: int, arrival_ns: int) -> None:
     """Note a new connection: it goes first in its port's chain, where an older one from the
     same address (closed, since the kernel has a new one) leaves it."""
+    key = _port_key(key)
     kept: list[list[Any]] = []
     entry: object = ACCEPTED.pop(key, None)  # popped: set again, it counts as the newest
     while _well_formed(entry) and len(kept) < CHAIN_MAX - 1:
