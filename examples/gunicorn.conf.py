@@ -8,9 +8,13 @@
 #
 # gthread workers accept connections greedily: a worker busy with a slow request keeps
 # accepting, and the fast requests it accepted wait behind the slow one while the other
-# worker may sit idle. wsgiwatch shows it happen; the hook below gives it exact accept times
-# and lets the sidecar see "accepted, not started" while it happens.
-from wsgiwatch.gunicorn_config import post_worker_init  # noqa: F401  (the accept hook)
+# worker may sit idle. wsgiwatch shows it happen.
+#
+# The accept hook installs itself when wsgi.py wraps the app in WSGIWatch. post_worker_init
+# also opens each worker's spool as it starts, so the sidecar sees idle workers; worker_abort
+# and worker_exit leave a note saying how a worker ended, so requests lost with it are
+# counted by fate (timed_out, exited; without them: killed).
+from wsgiwatch.gunicorn_config import post_worker_init, worker_abort, worker_exit  # noqa: F401
 
 bind = "127.0.0.1:8000"
 workers = 2

@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import http.client
 import math
+import os
 import re
+import signal
 import threading
 import time
 import urllib.error
@@ -27,6 +29,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -120,6 +123,33 @@ def metric_total(sidecar_port: int, name: str) -> float:
     )
 
 
+def kill_mid_request(port: int, master_pid: int, sidecar_port: int) -> None:
+    """SIGKILL gunicorn's workers (children of our server, by pid) while one runs a slow
+    request: the request dies with its worker, as with the OOM killer. The arbiter forks
+    new workers."""
+
+    def doomed() -> None:
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            _get(port, "/slow/5", [])
+
+    thread = threading.Thread(target=doomed, daemon=True)
+    thread.start()
+    wait_until(
+        lambda: metric_total(sidecar_port, "wsgiwatch_worker_busy") >= 1,
+        10,
+        "the slow request running",
+    )
+    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    for pid in children:
+        os.kill(int(pid), signal.SIGKILL)
+    wait_until(
+        lambda: metric_total(sidecar_port, "wsgiwatch_lost_requests_total") >= 1,
+        15,
+        "the lost request counted",
+    )
+    thread.join(10)
+
+
 @pytest.fixture(scope="module")
 def scenario() -> Iterator[Scenario]:
     with contextlib.ExitStack() as stack:
@@ -164,6 +194,8 @@ def scenario() -> Iterator[Scenario]:
             history.append(metric_total(side_port, blocked))
             if history[-1]:  # (no series at all until something blocked)
                 prom.wait_for(f"sum({blocked})", lambda v, n=history[-1]: v == n)
+        kill_mid_request(server.port, server.proc.pid, side_port)
+        prom.wait_for("sum(wsgiwatch_lost_requests_total)", lambda v: v >= 1)
         time.sleep(1.5)  # one more scrape of the final gauges
         yield Scenario(prom, start, time.time(), instance)
 
@@ -233,9 +265,11 @@ def test_key_panels_show_the_scenario(scenario: Scenario) -> None:
     le = {s["metric"]["le"] for s in _data(scenario, "Queue wait heatmap")}
     assert {"0.001", "1.0", "+Inf"} <= le
     assert _peak(scenario, "Queue wait heatmap") > 0
-    # Workers: two of capacity one, each busy at some scrape; connections accepted.
+    # Workers of capacity one, each busy at some scrape; connections accepted. Two, and
+    # the replacements forked after the kill at the end (a new index, or a dead one's).
     capacity = _data(scenario, "Workers: busy vs capacity", "B")
-    assert len(capacity) == 2 and all(_values(s) and set(_values(s)) == {1.0} for s in capacity)
+    assert 2 <= len(capacity) <= 4
+    assert all(_values(s) and set(_values(s)) == {1.0} for s in capacity)
     assert _peak(scenario, "Workers: busy vs capacity", "A") == 1
     assert _peak(scenario, "Accepted connections per worker") > 0
     # A greedy server may leave one worker without a single connection: shares, not a count.
@@ -246,6 +280,10 @@ def test_key_panels_show_the_scenario(scenario: Scenario) -> None:
     assert _peak(scenario, "Requests per second by status class") > 0
     assert _peak(scenario, "Sidecar health: up") == 1
     assert _peak(scenario, "Sidecar health: workers seen") == 2
+    # The workers killed at the end: a lost request and the deaths, by fate.
+    lost = _data(scenario, "Requests lost with their worker")
+    assert {s["metric"]["fate"] for s in lost if max(_values(s), default=0) > 0} == {"killed"}
+    assert _peak(scenario, "Requests lost with their worker", "B") > 0
 
 
 def test_the_harness_reports_failures(scenario: Scenario) -> None:

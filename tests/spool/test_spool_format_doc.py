@@ -52,11 +52,12 @@ def test_header_offsets() -> None:
         fmt.OFF_TIMES_REJECTED,
         fmt.OFF_SPOOLS_LOST,
         fmt.OFF_RECORDS_LOST_WITH_SPOOL,
+        fmt.OFF_IDENTITY_UNTIL,
         fmt.OFF_RESERVED,
     ]
     assert documented == expected
     assert fmt.OFF_SERVER + fmt.SERVER_FIELD.size == fmt.OFF_TIMES_REJECTED
-    assert fmt.OFF_RESERVED + 72 == fmt.HEADER_SIZE
+    assert fmt.OFF_RESERVED + 64 == fmt.HEADER_SIZE
 
 
 def test_slot_offsets() -> None:

@@ -208,7 +208,7 @@ def analyse(snapshot: Snapshot) -> Diagnosis:
         wf.wait_sources[source] = wf.wait_sources.get(source, 0) + 1
         if source != "none":
             timed += 1
-        if source not in ("none", "header"):
+        if source not in ("none", "header", "backlog"):  # waits outside any process
             process_wait += r.get("wait_s") or 0.0
         if not r.get("blocked"):
             continue

@@ -380,6 +380,25 @@ ALERTS: tuple[Alert, ...] = (
         ),
     ),
     Alert(
+        name="WsgiwatchWorkersKilled",
+        value=(
+            "sum by (job, instance) "
+            '(increase(wsgiwatch_worker_deaths_total{job="$job", fate=~"killed|timed_out"}'
+            "[$window]))"
+        ),
+        op=">",
+        threshold=0,
+        for_="1m",
+        severity="warning",
+        summary="Worker processes were killed or timed out on {{ $labels.instance }}",
+        description=(
+            "{{ $value | humanize }} worker processes on {{ $labels.instance }} ended without"
+            " exiting cleanly over the last $window: killed (SIGKILL, the OOM killer, a crash)"
+            " or aborted after the server's timeout. The requests running in them got no"
+            " answer or a broken one: wsgiwatch_lost_requests_total counts them by route."
+        ),
+    ),
+    Alert(
         name="WsgiwatchSidecarDown",
         value='up{job="$job"}',
         op="<",

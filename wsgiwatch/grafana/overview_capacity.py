@@ -129,6 +129,26 @@ def worker_row() -> Section:
         unit="bytes",
         size=HALF,
     )
+    lost = graph(
+        "Requests lost with their worker",
+        "Requests that were running in a worker process when it ended, by the worker's fate "
+        "(killed: SIGKILL, the OOM killer, a crash; timed_out: aborted by the server after "
+        "its timeout; exited), counted since the sidecar started; and the deaths per second. "
+        "Their clients got no answer or a broken one, and no access log line. The sidecar's "
+        "log names each request (worker.lost).",
+        [
+            Query(
+                f"sum by (instance, fate) ({sel('wsgiwatch_lost_requests_total')})",
+                "{{instance}} {{fate}}: requests lost (total)",
+            ),
+            Query(
+                rate("wsgiwatch_worker_deaths_total", "instance, fate"),
+                "{{instance}} {{fate}}: deaths per second",
+            ),
+        ],
+        unit="short",
+        size=Size(24, 8),
+    )
     return [
         dashboard_builders.Row("Workers"),
         busy,
@@ -137,6 +157,7 @@ def worker_row() -> Section:
         accept_share,
         cpu,
         memory,
+        lost,
     ]
 
 

@@ -150,6 +150,18 @@ CASES: tuple[Case, ...] = (
         (("10m", NONE), ("20m", NONE), ("22m", _fire(0.5, "0.50")), ("36m", NONE)),
     ),
     Case(
+        "WsgiwatchWorkersKilled",
+        "a worker of app is killed at 11m; calm: its workers only exit (recycled), and a"
+        " timeout long before",
+        (
+            (_s("wsgiwatch_worker_deaths_total", instance=APP, fate="killed"), "0x10 1x30"),
+            (_s("wsgiwatch_worker_deaths_total", instance=APP, fate="exited"), "0+1x40"),
+            (_s("wsgiwatch_worker_deaths_total", instance="calm:9808", fate="exited"), "0+1x40"),
+            (_s("wsgiwatch_worker_deaths_total", instance="calm:9808", fate="timed_out"), "1x40"),
+        ),
+        (("10m", NONE), ("11m", NONE), ("13m", _fire(1, "1")), ("20m", NONE)),
+    ),
+    Case(
         "WsgiwatchSidecarDown",
         "app's scrape fails from 6m to 10m; other is up; another job's target is down",
         (

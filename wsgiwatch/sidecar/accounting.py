@@ -13,7 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from wsgiwatch.sidecar import accumulate as acc
-from wsgiwatch.sidecar.arrivals import PROXY_ROUNDING_NS, ArrivalJoin, Ready, unix_record
+from wsgiwatch.sidecar.arrivals import (
+    BACKLOG,
+    PROXY_ROUNDING_NS,
+    ArrivalJoin,
+    Ready,
+    unix_record,
+)
 from wsgiwatch.sidecar.connections import plain_addr
 from wsgiwatch.sidecar.incidents import IncidentLog
 from wsgiwatch.sidecar.recent import Outcome, RecentBuffer
@@ -179,7 +185,15 @@ class Accountant:
         """The wait split where it was spent, in seconds: ``proxy`` (from the front proxy's
         or Apache's own start to the worker's socket), ``backlog`` (the kernel's accept
         queue: accept - arrival) and ``process`` (inside the worker: entry - ready). Only
-        what the sources know: a proxy's time alone cannot be split."""
+        what the sources know: a proxy's time alone cannot be split. A wait seen in the
+        backlog (uWSGI) is all backlog: the worker began it as soon as it accepted it."""
+        if ready.source == BACKLOG:
+            phases = {"backlog": queue_wait_ns(record.entry_ns, ready.ns) / 1e9}
+            if record.proxy_wall_ns:  # nginx's uwsgi_pass over TCP: its time came first
+                proxy_ns = ready.ns - (record.proxy_wall_ns - wall_offset)
+                if proxy_ns >= -PROXY_ROUNDING_NS:
+                    phases["proxy"] = max(0, proxy_ns) / 1e9
+            return phases
         if not ready.inside:
             return {}
         phases = {"process": queue_wait_ns(record.entry_ns, ready.ns) / 1e9}

@@ -11,6 +11,9 @@ with max(accept, arrival) taken from the best source a request has:
   the kernel saw it waiting); on a unix socket, which has no kernel times, between the two
   dumps around its first sighting (:mod:`wsgiwatch.sidecar.unix_waits`), where a front
   proxy's time inside that window is the finer estimate;
+- the kernel's accept backlog, for a record whose connection was seen there (by its own
+  peer port: :mod:`wsgiwatch.sidecar.backlog_arrivals`): the wait was before any worker
+  took it, healthy queueing (``inside`` False, source ``backlog``);
 - last a front proxy's ``X-Request-Start`` alone: an upper bound, which includes the proxy
   and the kernel backlog (``inside`` is then False: nothing says the wait was in the
   worker).
@@ -24,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
+from wsgiwatch.sidecar.backlog_arrivals import BacklogSightings, InBacklog
 from wsgiwatch.sidecar.connections import Waiting, plain_addr
 from wsgiwatch.sidecar.unix_waits import UnixWaits
 from wsgiwatch.spool.records import AcceptEvent, Record, SlotState
@@ -41,6 +45,9 @@ PROXY_ROUNDING_NS = 5_000_000
 #: An accept event's peer for a unix-socket connection: ``unix:<socket inode>``.
 UNIX_PEER_PREFIX = "unix:"
 
+#: The source of a wait spent in a listen backlog, before any worker accepted.
+BACKLOG = "backlog"
+
 #: (pid, peer address as the worker records it, peer port)
 PeerKey = tuple[int, str, int]
 
@@ -49,7 +56,7 @@ class Ready(NamedTuple):
     """Since when a finished request could have been served, and who says so."""
 
     ns: int
-    source: str  # hook, mod_wsgi, kernel, header
+    source: str  # hook, mod_wsgi, kernel, backlog, header
     inside: bool  # the source knows the wait was inside the worker (not in a proxy/backlog)
 
 
@@ -74,6 +81,7 @@ class ArrivalJoin:
         self._kernel: dict[PeerKey, tuple[int, int]] = {}  # -> (arrival, last seen)
         self._accepted: dict[PeerKey, int] = {}  # -> max(accept, arrival)
         self.unix = unix if unix is not None else UnixWaits()
+        self.backlog = BacklogSightings()
 
     def started(self, pid: int, slots: Iterable[SlotState]) -> None:
         """Requests on the scoreboard: their accepts are no longer pending."""
@@ -109,6 +117,10 @@ class ArrivalJoin:
             if now - seen > PENDING_TTL_NS:
                 del self._kernel[key]
 
+    def in_backlog(self, items: Iterable[InBacklog], now: int) -> None:
+        """Connections the kernel shows in listen backlogs now."""
+        self.backlog.add(items, now)
+
     def pending_accepts(self) -> Iterator[tuple[PeerKey, int]]:
         """Accepted connections whose request has not started: (key, ready time)."""
         return iter(list(self._accepted.items()))  # copied: the poll goes on mutating
@@ -125,6 +137,7 @@ class ArrivalJoin:
         # A unix connection seen waiting: taken whatever the source, so it is never given
         # to a later request of this worker.
         unix = self.unix.take(record.pid, record.entry_ns) if unix_record(record) else None
+        in_backlog = self.backlog.take(record)
         proxy = record.proxy_wall_ns - wall_offset if record.proxy_wall_ns else 0
         if record.accept_source == "hook":
             # The hook's own times; the kernel may know an arrival the hook could not read.
@@ -138,6 +151,8 @@ class ArrivalJoin:
             return Ready(max(record.accept_ns, kernel_arrival), "mod_wsgi", True)
         if kernel_arrival:
             return Ready(kernel_arrival, "kernel", True)
+        if in_backlog is not None:
+            return Ready(in_backlog.arrival_ns, BACKLOG, False)
         if unix is not None:
             # The request reached the worker between two dumps; the proxy's time, when it
             # falls in that window, says when more finely.

@@ -16,6 +16,7 @@ import structlog
 from wsgiwatch.kernel import KernelError, KernelObserver, KernelSnapshot, visibility
 from wsgiwatch.kernel.socket_watch import SocketWatch
 from wsgiwatch.sidecar.arrivals import serving
+from wsgiwatch.sidecar.backlog_arrivals import IdentityRequests, InBacklog, asked, in_backlog
 from wsgiwatch.sidecar.connections import Waiting, classify, find_listeners, listener_label
 from wsgiwatch.sidecar.unix_waits import UnixWaits, held_connections, unix_listeners
 from wsgiwatch.sidecar.workers import Worker
@@ -34,6 +35,8 @@ class KernelView:
         self.listen_backlog: dict[str, tuple[int, int]] = {}  # listener -> (queued, limit)
         self.backlog_connections = 0  # connections in the accept queues, held by no process
         self.waiting: list[Waiting] = []  # TCP connections waiting inside a worker
+        self.in_backlog: list[InBacklog] = []  # TCP connections in listen backlogs, by peer
+        self.identity = IdentityRequests()  # workers asked for their connections' ports
         self.unix = UnixWaits()  # unix connections waiting inside a worker
         self.blind: dict[int, str] = {}  # pid -> why we cannot see its sockets
         self.notices: tuple[str, ...] = ()
@@ -70,10 +73,16 @@ class KernelView:
         held = held_connections(snapshot, unix, inodes)
         self.unix.update(snapshot, held, {w.pid: w.busy for w in live}, now)
         busy = {w.pid: serving(w.slots) for w in live}
-        unnamed = {w.pid: sum(1 for s in w.slots if not s.peer_port) for w in live}
+        # A slot whose port does not name its connection: none given (bjoern, uWSGI's
+        # --http-socket), or uWSGI's REMOTE_PORT, the client's port to a proxy in front
+        # (its --http router, nginx uwsgi_pass). Else the connection it serves looks waiting.
+        unnamed = {w.pid: sum(1 for s in w.slots if not s.peer_port or asked(w)) for w in live}
         self.waiting, self.backlog_connections = classify(
             snapshot, listeners, inodes, busy, answered, {p: n for p, n in unnamed.items() if n}
         )
+        # Seen only in dumps with connections (a worker at capacity): that is when any wait.
+        self.in_backlog = in_backlog(snapshot, listeners, inodes) if full else []
+        self.identity.update(live, self.in_backlog, now)
         return snapshot
 
     def _note_blind(

@@ -218,6 +218,7 @@ class Monitor:
             if self.kernel.poll(live, answered, now) is not None:
                 kernel_waiting = self.kernel.waiting
                 self.arrivals.waiting(kernel_waiting, now)
+                self.arrivals.in_backlog(self.kernel.in_backlog, now)
         drained: Drained = {}
         for worker in workers:
             records = self._guarded(worker, self._read_new, now)

@@ -50,7 +50,7 @@ class RequestView(TypedDict):
     entry_ns: int
     exit_ns: int
     wait_s: float | None
-    wait_source: str  # hook, mod_wsgi, kernel, header or none
+    wait_source: str  # hook, mod_wsgi, kernel, backlog, header or none
     blocked: bool
     misrouted: bool
     blockers: list[BlockerRef]

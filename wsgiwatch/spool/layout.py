@@ -103,7 +103,12 @@ SERVER_FIELD: Final = struct.Struct("<32s")
 OFF_TIMES_REJECTED: Final = 160  # Q: accept or proxy times rejected as implausible
 OFF_SPOOLS_LOST: Final = 168  # Q: earlier spools of this process removed or truncated under it
 OFF_RECORDS_LOST_WITH_SPOOL: Final = 176  # Q: records unread in those when they were replaced
-OFF_RESERVED: Final = 184  # zeroes up to HEADER_SIZE
+#: Q: written by the sidecar: until when (CLOCK_MONOTONIC ns) the worker reads the peer port
+#: of each request's connection from its socket (uWSGI passes none), because the kernel
+#: shows connections waiting in this worker's listen backlog; 0: not wanted. Written with
+#: its lowest bit set, so the first byte alone (little-endian) says whether it is set.
+OFF_IDENTITY_UNTIL: Final = 184
+OFF_RESERVED: Final = 192  # zeroes up to HEADER_SIZE
 U32: Final = struct.Struct("<I")
 U64: Final = struct.Struct("<Q")
 
@@ -201,6 +206,7 @@ FLAG_REUSED_CONNECTION: Final = 16  # not the first request on its connection (k
 FLAG_ARRIVAL_TCP_INFO: Final = 32  # arrival_ns read from TCP_INFO when accepted
 FLAG_NO_CLOSE_SEEN: Final = 64  # exit is when the app returned: close() could not be watched
 FLAG_ARRIVAL_SERVER: Final = 128  # arrival_ns is when the server had the request complete
+FLAG_PEER_FROM_SOCKET: Final = 256  # peer_port read from the connection's socket (getpeername)
 
 assert SLOT.size == SLOT_SIZE, (SLOT.size, SLOT_SIZE)
 assert RECORD_SEQ_OFFSET + 8 == RECORD_SIZE, RECORD_SEQ_OFFSET

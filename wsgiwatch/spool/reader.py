@@ -299,6 +299,14 @@ class SpoolReader:
                 )
         return ReadResult(out, lost, torn)
 
+    def ask_identity(self, until_ns: int) -> None:
+        """Ask the worker to read its connections' own peer ports until ``until_ns``
+        (monotonic; 0: stop), in the header's ``identity_until`` (see layout). Written odd,
+        so that the worker's one-byte check sees it set. A read-only reader writes nothing."""
+        if self.track:
+            value = (until_ns | 1) if until_ns else 0
+            os.pwrite(self._fd, fmt.U64.pack(value), fmt.OFF_IDENTITY_UNTIL)
+
     # -- scoreboard ------------------------------------------------------------------------
     def scoreboard(self) -> list[SlotState]:
         """The requests running now, one per busy slot."""

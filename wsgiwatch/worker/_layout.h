@@ -42,15 +42,17 @@
 #define FLAG_CLIENT_GONE                2
 #define FLAG_FILE_WRAPPER               4
 #define FLAG_NO_CLOSE_SEEN              64
+#define FLAG_PEER_FROM_SOCKET           256
 #define FLAG_REUSED_CONNECTION          16
 #define FLAG_ROUTE_TEMPLATE             8
 #define OFF_ACCEPT_HEAD                 88
 #define OFF_DECLARED_CAPACITY           64
 #define OFF_FLAGS                       72
+#define OFF_IDENTITY_UNTIL              184
 #define OFF_READER_CURSOR               112
 #define OFF_READER_LOST                 120
 #define OFF_RECORDS_LOST_WITH_SPOOL     176
-#define OFF_RESERVED                    184
+#define OFF_RESERVED                    192
 #define OFF_RING_HEAD                   80
 #define OFF_SERVER                      128
 #define OFF_SLOTS_EXHAUSTED             96
@@ -159,11 +161,13 @@
     X(FLAG_CLIENT_GONE) \
     X(FLAG_FILE_WRAPPER) \
     X(FLAG_NO_CLOSE_SEEN) \
+    X(FLAG_PEER_FROM_SOCKET) \
     X(FLAG_REUSED_CONNECTION) \
     X(FLAG_ROUTE_TEMPLATE) \
     X(OFF_ACCEPT_HEAD) \
     X(OFF_DECLARED_CAPACITY) \
     X(OFF_FLAGS) \
+    X(OFF_IDENTITY_UNTIL) \
     X(OFF_READER_CURSOR) \
     X(OFF_READER_LOST) \
     X(OFF_RECORDS_LOST_WITH_SPOOL) \

@@ -116,7 +116,7 @@ static struct {
     PyObject *route_for_path;  /* path -> route bytes, filling the cache */
     PyObject *method_codes;    /* dict: method -> code */
     PyObject *odd_keys;        /* environ -> (peer, port, method, peer bytes, route bytes) */
-    PyObject *accepted;        /* dict of the accept hook: (peer, port) -> ... */
+    PyObject *accepted;        /* dict of the accept hook: port -> entry chain */
     PyObject *accept_sources;  /* (environ, peer, port, proxy) -> (accept, arrival, src, flags) */
     PyObject *templates;       /* dict: template -> route bytes */
     PyObject *template_bytes;  /* template -> route bytes, filling the cache */
@@ -127,6 +127,7 @@ static struct {
     PyObject *python_call;     /* the pure-Python __call__(watch, environ, start_response) */
     PyObject *log_error;       /* log_internal_error(exception): logs once */
     PyObject *check_spool;     /* check_spool(spool, now_ns): retires a lost spool */
+    PyObject *connection_port; /* until_ns -> the connection's own peer port, or -1 */
 } py;
 
 static PyObject *s_REMOTE_ADDR, *s_REMOTE_PORT, *s_PATH_INFO, *s_SCRIPT_NAME,
@@ -1081,50 +1082,135 @@ recorder_spool(RecorderObject *self, PyObject *environ)
     return fast;
 }
 
-/* The accept hook's entry for this connection (accept_hook.ACCEPTED[(peer, port)], a list
- * [accept_ns, arrival_ns at accept, requests so far, ready_ns]), read here when it says all
- * there is to say: the server noted when this request was ready (gthread, waitress,
- * cheroot), or it is the connection's first request and TCP_INFO at accept gave its
- * arrival. Then the request costs a tuple and a dict lookup, not a call into Python.
- * Anything else (a kept-alive request nobody noted: its socket must be asked) is left to
- * accept_sources.accept_sources, which holds the same rules. Returns 1 when done (no entry:
- * nothing to record), 0 to ask Python, -1 on error. */
+/* An entry of accept_hook.ACCEPTED, as accept_hook.remember() makes it (its ACCEPT, ...,
+ * NEXT, ENTRY_LEN and CHAIN_MAX; a test holds these numbers to the Python ones). */
+enum { ENTRY_ACCEPT, ENTRY_ARRIVAL, ENTRY_USES, ENTRY_READY, ENTRY_PEER, ENTRY_NEXT, ENTRY_LEN };
+#define CHAIN_MAX 4
+
+/* An entry's time or count, or -1 when it is not a non-negative exact int below 2**63
+ * (then the entry is not one the hook made: Python judges it). AndOverflow: it adds up
+ * the digits itself, where PyLong_AsLongLong converts a clock reading (two digits) through
+ * a byte array. */
+static inline long long
+entry_number(PyObject *entry, int index)
+{
+    PyObject *value = PyList_GET_ITEM(entry, index);
+    if (!PyLong_CheckExact(value)) {
+        return -1;
+    }
+    int overflow;
+    long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
+    return overflow ? -1 : number;
+}
+
+/* The int objects ACCEPTED's port keys are: accept_hook.remember() asks port_key() for
+ * them, so a request's lookup finds its key by identity, with no int to build, compare
+ * (int == int is a rich comparison) or free: about 300 of hook_entry's 820 instructions
+ * (callgrind). Made on first use, kept for the process: at most 65,536 small ints. */
+static PyObject *port_keys[65536];
+
+/* The key object of a port (borrowed), NULL with an exception if it could not be made. */
+static PyObject *
+port_key_of(long port)
+{
+    if (port_keys[port] == NULL) {
+        port_keys[port] = PyLong_FromLong(port);
+    }
+    return port_keys[port];
+}
+
+static PyObject *
+port_key(PyObject *module, PyObject *value)
+{
+    if (PyLong_CheckExact(value)) {
+        int overflow;
+        long port = PyLong_AsLongAndOverflow(value, &overflow);
+        if (!overflow && port >= 0 && port <= 65535) {
+            return Py_XNewRef(port_key_of(port));
+        }
+        PyErr_Clear();
+    }
+    return Py_NewRef(value); /* not a port: itself */
+}
+
+/* What find_entry found. */
+enum { ENTRY_ERROR = -1, ENTRY_NONE, ENTRY_FOUND, ENTRY_ODD };
+
+/* accept_hook.connection(peer, port) in C: the chain at ACCEPTED[port], walked for the
+ * peer's address. Keyed by the port, the lookup builds one int (no tuple) and hashes
+ * nothing of the server's fresh REMOTE_ADDR string; the address is compared, not hashed.
+ * ENTRY_FOUND sets *entry (borrowed) and its four numbers; ENTRY_ODD when an entry walked
+ * is not shaped as the hook makes it, or the peer is not plain ASCII: Python's
+ * connection() judges those (it refuses every entry this refuses). */
+static int
+find_entry(PyObject *peer, long port, PyObject **entry, long long numbers[4])
+{
+    Py_ssize_t peer_length;
+    const char *peer_text = ascii_text(peer, &peer_length);
+    if (peer_text == NULL) {
+        return ENTRY_ODD;
+    }
+    if (port < 0 || port > 65535) {
+        return ENTRY_ODD;
+    }
+    PyObject *key = port_key_of(port);
+    if (key == NULL) {
+        return ENTRY_ERROR;
+    }
+    PyObject *conn = PyDict_GetItemWithError(py.accepted, key); /* borrowed */
+    for (int depth = 0;; depth++) {
+        if (conn == NULL || conn == Py_None) {
+            return PyErr_Occurred() ? ENTRY_ERROR : ENTRY_NONE;
+        }
+        if (depth == CHAIN_MAX || !PyList_CheckExact(conn) || PyList_GET_SIZE(conn) != ENTRY_LEN) {
+            return ENTRY_ODD;
+        }
+        Py_ssize_t conn_length;
+        const char *conn_text = ascii_text(PyList_GET_ITEM(conn, ENTRY_PEER), &conn_length);
+        int odd = conn_text == NULL;
+        for (int i = 0; i < 4; i++) { /* ENTRY_ACCEPT .. ENTRY_READY */
+            numbers[i] = entry_number(conn, i);
+            odd |= numbers[i] < 0;
+        }
+        if (odd) {
+            return ENTRY_ODD;
+        }
+        if (conn_length == peer_length && memcmp(conn_text, peer_text, (size_t)peer_length) == 0) {
+            *entry = conn;
+            return ENTRY_FOUND;
+        }
+        conn = PyList_GET_ITEM(conn, ENTRY_NEXT);
+    }
+}
+
+/* The accept hook's entry for this connection, read here when it says all there is to
+ * say: the server noted when this request was ready (gthread, waitress, cheroot), or it is
+ * the connection's first request and TCP_INFO at accept gave its arrival. Anything else
+ * (a kept-alive request nobody noted: its socket must be asked; a unix connection, found
+ * by its fd; an odd entry) is left to accept_sources.accept_sources, which holds the same
+ * rules. Returns 1 when done (no entry: nothing to record), 0 to ask Python, -1 on
+ * error. */
 static int
 hook_entry(PyObject *peer, long port, uint64_t *accept_ns, uint64_t *arrival_ns, long *source,
            unsigned long *flags)
 {
-    PyObject *port_obj = PyLong_FromLong(port);
-    if (port_obj == NULL) {
+    PyObject *conn = NULL;
+    long long n[4];
+    switch (find_entry(peer, port, &conn, n)) {
+    case ENTRY_ERROR:
         return -1;
-    }
-    PyObject *key = PyTuple_Pack(2, peer, port_obj);
-    Py_DECREF(port_obj);
-    if (key == NULL) {
-        return -1;
-    }
-    PyObject *conn = PyDict_GetItemWithError(py.accepted, key); /* borrowed */
-    Py_DECREF(key);
-    if (conn == NULL) {
-        /* none: nothing to record, unless a unix connection (no port) is known by its fd */
-        return PyErr_Occurred() ? -1 : (port ? 1 : 0);
-    }
-    if (!PyList_CheckExact(conn) || PyList_GET_SIZE(conn) != 4) {
+    case ENTRY_NONE:
+        return port ? 1 : 0;
+    case ENTRY_ODD:
         return 0;
     }
-    unsigned long long accept = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(conn, 0));
-    unsigned long long arrival = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(conn, 1));
-    unsigned long long uses = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(conn, 2));
-    unsigned long long ready = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(conn, 3));
-    if (PyErr_Occurred()) { /* not what the hook writes: let Python judge */
-        PyErr_Clear();
-        return 0;
-    }
-    unsigned long found_flags = uses ? FLAG_REUSED_CONNECTION : 0;
-    if (ready) {
-        arrival = ready;
+    long long arrival = n[ENTRY_ARRIVAL];
+    unsigned long found_flags = n[ENTRY_USES] ? FLAG_REUSED_CONNECTION : 0;
+    if (n[ENTRY_READY]) {
+        arrival = n[ENTRY_READY];
         found_flags |= FLAG_ARRIVAL_SERVER;
     }
-    else if (!uses && arrival) {
+    else if (!n[ENTRY_USES] && arrival) {
         found_flags |= FLAG_ARRIVAL_TCP_INFO;
     }
     else {
@@ -1132,13 +1218,49 @@ hook_entry(PyObject *peer, long port, uint64_t *accept_ns, uint64_t *arrival_ns,
     }
     /* Only whether the connection served a request before matters to anyone: 1, a cached
      * small int like 0, so this allocates nothing and cannot fail. */
-    PyList_SetItem(conn, 2, PyLong_FromLong(1));
-    PyList_SetItem(conn, 3, PyLong_FromLong(0));
-    *accept_ns = accept;
-    *arrival_ns = arrival;
+    PyList_SetItem(conn, ENTRY_USES, PyLong_FromLong(1));
+    PyList_SetItem(conn, ENTRY_READY, PyLong_FromLong(0));
+    *accept_ns = (uint64_t)n[ENTRY_ACCEPT];
+    *arrival_ns = (uint64_t)arrival;
     *source = SOURCE_HOOK;
     *flags = found_flags;
     return 1;
+}
+
+/* accept_hook.note_request_ready(addr) in C, for the servers' hooks (gthread's
+ * enqueue_req, waitress's add_task), which call it for every kept-alive request in the
+ * server's thread: the Python one walks the chain in bytecode. An addr other than
+ * (ASCII str, int), or an odd entry, goes to the Python one. Never raises. */
+static PyObject *
+note_ready(PyObject *module, PyObject *addr)
+{
+    if (py.accepted != NULL && PyTuple_CheckExact(addr) && PyTuple_GET_SIZE(addr) >= 2 &&
+        PyLong_CheckExact(PyTuple_GET_ITEM(addr, 1))) {
+        int overflow;
+        long port = PyLong_AsLongAndOverflow(PyTuple_GET_ITEM(addr, 1), &overflow);
+        PyObject *conn = NULL;
+        long long n[4];
+        int found = overflow ? ENTRY_ODD : find_entry(PyTuple_GET_ITEM(addr, 0), port, &conn, n);
+        if (found == ENTRY_NONE) {
+            Py_RETURN_NONE;
+        }
+        if (found == ENTRY_FOUND) {
+            PyObject *now = PyLong_FromUnsignedLongLong(monotonic_ns());
+            if (now != NULL) {
+                PyList_SetItem(conn, ENTRY_READY, now); /* steals now */
+                Py_RETURN_NONE;
+            }
+        }
+        PyErr_Clear();
+    }
+    PyObject *hook = PyImport_ImportModule("wsgiwatch.worker.accept_hook");
+    PyObject *twin = hook ? PyObject_GetAttrString(hook, "note_request_ready") : NULL;
+    PyObject *done = twin ? PyObject_CallOneArg(twin, addr) : NULL; /* addr is one argument */
+    Py_XDECREF(twin);
+    Py_XDECREF(hook);
+    Py_XDECREF(done);
+    PyErr_Clear();
+    Py_RETURN_NONE;
 }
 
 static PyObject *
@@ -1313,6 +1435,23 @@ recorder_call(RecorderObject *self, PyObject *args, PyObject *kwargs)
             spool_count(sp, OFF_TIMES_REJECTED);
         }
     }
+    /* While the sidecar sees connections waiting in this worker's listen backlog it asks
+     * for each connection's own peer port (uWSGI passes none): a header word, 0 otherwise,
+     * so the fast path pays one load and no syscall (uwsgi_identity.py). */
+    uint64_t identity_until =
+        __atomic_load_n((uint64_t *)(sp->base + OFF_IDENTITY_UNTIL), __ATOMIC_RELAXED);
+    if (identity_until) {
+        PyObject *found = PyObject_CallFunction(py.connection_port, "K", (unsigned long long)identity_until);
+        long own_port = found != NULL ? PyLong_AsLong(found) : -1;
+        Py_XDECREF(found);
+        if (PyErr_Occurred()) {
+            goto failed;
+        }
+        if (own_port >= 0) {
+            port = own_port;
+            flags |= FLAG_PEER_FROM_SOCKET;
+        }
+    }
     call->flags = (unsigned int)flags;
 
     uint8_t image[SLOT_SIZE];
@@ -1454,25 +1593,26 @@ configure(PyObject *module, PyObject *args, PyObject *kwargs)
         "ready", "peers", "peer_bytes", "ports", "port_number", "path_bytes",
         "route_for_path", "method_codes", "odd_keys", "accepted", "accept_sources",
         "templates", "template_bytes", "proxy_wall_ns", "statuses", "status_code",
-        "wrap_other", "python_call", "log_error", "check_spool", NULL};
-    PyObject *v[20];
+        "wrap_other", "python_call", "log_error", "check_spool", "connection_port", NULL};
+    PyObject *v[21];
     if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
         PyErr_SetString(PyExc_RuntimeError, "the C path serves the main interpreter only");
         return NULL;
     }
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "O!O!OO!OO!OO!OO!OO!OOO!OOOOO:configure", names, &PyDict_Type, &v[0],
+            args, kwargs, "O!O!OO!OO!OO!OO!OO!OOO!OOOOOO:configure", names, &PyDict_Type, &v[0],
             &PyDict_Type, &v[1], &v[2], &PyDict_Type, &v[3], &v[4], &PyDict_Type, &v[5], &v[6],
             &PyDict_Type, &v[7], &v[8], &PyDict_Type, &v[9], &v[10], &PyDict_Type, &v[11],
-            &v[12], &v[13], &PyDict_Type, &v[14], &v[15], &v[16], &v[17], &v[18], &v[19])) {
+            &v[12], &v[13], &PyDict_Type, &v[14], &v[15], &v[16], &v[17], &v[18], &v[19],
+            &v[20])) {
         return NULL;
     }
-    PyObject **slots[20] = {
+    PyObject **slots[21] = {
         &py.ready, &py.peers, &py.peer_bytes, &py.ports, &py.port_number, &py.path_bytes,
         &py.route_for_path, &py.method_codes, &py.odd_keys, &py.accepted, &py.accept_sources,
         &py.templates, &py.template_bytes, &py.proxy_wall_ns, &py.statuses, &py.status_code,
-        &py.wrap_other, &py.python_call, &py.log_error, &py.check_spool};
-    for (int i = 0; i < 20; i++) {
+        &py.wrap_other, &py.python_call, &py.log_error, &py.check_spool, &py.connection_port};
+    for (int i = 0; i < 21; i++) {
         Py_XSETREF(*slots[i], Py_NewRef(v[i]));
     }
     Py_RETURN_NONE;
@@ -1546,6 +1686,10 @@ static PyMethodDef module_methods[] = {
     {"status_of", status_of_py, METH_O, PyDoc_STR("The status code the C path stores")},
     {"method_of", method_of_py, METH_O, PyDoc_STR("The method code the C path stores")},
     {"peer_of", peer_of_py, METH_O, PyDoc_STR("The peer bytes the C path stores")},
+    {"port_key", port_key, METH_O,
+     PyDoc_STR("The int object the C lookup uses for a port (0 to 65535); others as given")},
+    {"note_ready", note_ready, METH_O,
+     PyDoc_STR("accept_hook.note_request_ready(addr), in C (never raises)")},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_VARARGS | METH_KEYWORDS,
      PyDoc_STR("Hand over the Python side's caches and slow paths (bridge.py).")},
     {NULL},

@@ -23,20 +23,92 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 from wsgiwatch.spool import layout as fmt
+from wsgiwatch.worker.accelerator import speedups
 from wsgiwatch.worker.process_spool import resolve_dir, writer_for
 from wsgiwatch.worker.routes import peer_bytes
 
 logger = logging.getLogger("wsgiwatch")
 
-#: (peer address, peer port) -> [accept_ns, arrival_ns or 0, requests served so far,
-#: when the server found the next request complete or 0]. Written by the hook, read by the
-#: middleware; a new connection from the same address and port replaces the old entry, which
-#: is why a stale entry can never be matched.
-ACCEPTED: dict[tuple[str, int], list[int]] = {}
+#: The connections the hook saw accepted, keyed by the peer's port: the C path looks a
+#: request up by the port it already parsed, with no tuple to build and no hash of the
+#: server's fresh ``REMOTE_ADDR`` string (the hook's share of a request: 444 instructions,
+#: was 1,330 keyed by (address, port); callgrind, docs/benchmarks.md table 1).
+#: Each entry is a list ``[accept_ns, arrival_ns or 0, requests served so far, when the
+#: server found the next request complete or 0, peer address, next entry]``: the address
+#: is compared, and connections from different addresses with the same port (distinct
+#: clients, no proxy in front) are chained through the last item, newest first, at most
+#: :data:`CHAIN_MAX` deep. A new connection from the same address and port replaces the old
+#: entry (the kernel never has both open), which is why a stale entry can never be matched.
+#: A unix-socket connection (no port) is keyed by ``unix_key(fd)``, a negative number.
+#: Read it through :func:`connection`; an entry not shaped as :func:`remember` makes it is
+#: no entry (both paths, Python's and C's, judge it so).
+ACCEPTED: dict[int, list[Any]] = {}
 ACCEPTED_LIMIT: Final = 8192
+#: Indexes of an entry, and its length (the C path has the same numbers).
+ACCEPT, ARRIVAL, USES, READY, PEER, NEXT = range(6)
+ENTRY_LEN: Final = 6
+#: How many connections with one port (from as many addresses) are kept, and walked.
+CHAIN_MAX: Final = 4
+
+
+#: The int object a port is keyed by: the very one the C path looks up (a lookup by
+#: identity, no comparison of ints); any other int stands for itself.
+_port_key: Callable[[int], int] = speedups.port_key if speedups is not None else int
+
+
+def unix_key(fd: int) -> int:
+    """The :data:`ACCEPTED` key of a unix-socket connection: below every port."""
+    return -1 - fd
+
+
+def _well_formed(entry: object) -> TypeGuard[list[Any]]:
+    """Shaped as :func:`remember` makes it: the C path reads only such entries itself."""
+    if type(entry) is not list or len(entry) != ENTRY_LEN:
+        return False
+    accept, arrival, uses, ready, peer, _ = entry
+    # exact ints (no bool, no subclass), each in 0 .. 2**63 - 1: no bit at 63 or above
+    return (
+        type(peer) is str
+        and type(accept) is type(arrival) is type(uses) is type(ready) is int
+        and not (accept | arrival | uses | ready) >> 63
+    )
+
+
+def connection(peer: str, key: int) -> list[Any] | None:
+    """The entry of the connection from ``peer`` with port (or :func:`unix_key`) ``key``, or
+    None. Never raises: a malformed entry (no hook writes one) ends the search."""
+    entry: object = ACCEPTED.get(key)
+    for _ in range(CHAIN_MAX):
+        if not _well_formed(entry):
+            return None
+        if entry[PEER] == peer:
+            return entry
+        entry = entry[NEXT]
+    return None
+
+
+def remember(peer: str, key: int, accept_ns: int, arrival_ns: int) -> None:
+    """Note a new connection: it goes first in its port's chain, where an older one from the
+    same address (closed, since the kernel has a new one) leaves it."""
+    key = _port_key(key)
+    kept: list[list[Any]] = []
+    entry: object = ACCEPTED.pop(key, None)  # popped: set again, it counts as the newest
+    while _well_formed(entry) and len(kept) < CHAIN_MAX - 1:
+        if entry[PEER] != peer:
+            kept.append(entry)
+        entry = entry[NEXT]
+    for index, older in enumerate(kept):  # relinked: the one that left is skipped
+        older[NEXT] = kept[index + 1] if index + 1 < len(kept) else None
+    if len(ACCEPTED) >= ACCEPTED_LIMIT:
+        # The oldest half goes (closed connections, mostly: a dict keeps insertion order);
+        # clearing it all would also forget connections still in use.
+        for old in list(ACCEPTED)[: ACCEPTED_LIMIT // 2]:
+            ACCEPTED.pop(old, None)
+    ACCEPTED[key] = [accept_ns, arrival_ns, 0, 0, peer, kept[0] if kept else None]
+
 
 _TCP_INFO = getattr(socket, "TCP_INFO", 11 if sys.platform.startswith("linux") else None)
 # struct tcp_info: tcpi_last_data_recv (u32) at byte 52, tcpi_bytes_received (u64) at 128.
@@ -45,16 +117,16 @@ _LAST_DATA_RECV = struct.Struct("<I")
 _BYTES_RECEIVED = struct.Struct("<Q")
 
 AcceptFn = Callable[[], tuple[socket.socket, Any]]
-#: The "peer" of a unix-socket connection in :data:`ACCEPTED`: ``(UNIX, fd)``.
+#: The peer address of a unix-socket connection in :data:`ACCEPTED`.
 UNIX: Final = "unix"
 
 
-def unix_connection_key(environ: Any) -> tuple[str, int] | None:
+def unix_connection_key(environ: Any) -> int | None:
     """The :data:`ACCEPTED` key of the unix-socket connection a request came on (gunicorn
     hands the socket over in ``gunicorn.socket``), or None."""
     sock = environ.get("gunicorn.socket")
     if isinstance(sock, socket.socket) and sock.family == socket.AF_UNIX:
-        return (UNIX, sock.fileno())
+        return unix_key(sock.fileno())
     return None
 
 
@@ -84,21 +156,14 @@ def record_accept(sock: socket.socket, addr: Any, spool_dir: str) -> None:
                 arrival = 0
         if isinstance(addr, tuple) and len(addr) >= 2:
             peer, port = str(addr[0]), int(addr[1])
-            if len(ACCEPTED) >= ACCEPTED_LIMIT:
-                # The oldest half goes (closed connections, mostly: a dict keeps insertion
-                # order); clearing it all would also forget connections still in use.
-                for key in list(ACCEPTED)[: ACCEPTED_LIMIT // 2]:
-                    ACCEPTED.pop(key, None)
-            ACCEPTED[(peer, port)] = [now, arrival, 0, 0]
+            remember(peer, port, now, arrival)
             server_port = sock.getsockname()[1]
         else:
             # A unix socket (gunicorn behind nginx): no peer address or port. The socket's
             # inode names the connection as the kernel does (unix_diag, /proc/PID/fd), for
             # the sidecar; its fd finds it again from the request (unix_connection_key).
             fd = sock.fileno()
-            if len(ACCEPTED) >= ACCEPTED_LIMIT:
-                ACCEPTED.clear()
-            ACCEPTED[(UNIX, fd)] = [now, 0, 0, 0]
+            remember(UNIX, unix_key(fd), now, 0)
             peer, port, server_port = f"unix:{os.fstat(fd).st_ino}", 0, 0
         writer = writer_for(spool_dir)
         if writer is not None:
@@ -136,13 +201,22 @@ def arrival_from_socket(sock: object, now_ns: int) -> int:
 
 
 def note_request_ready(addr: Any) -> None:
-    """The server has a complete request from ``addr`` in hand (waitress queues it now)."""
+    """The server has a complete request from ``addr`` in hand (waitress queues it now).
+    Servers call :data:`note_ready`: this, or its C twin when the accelerator is built."""
     try:
-        conn = ACCEPTED.get((str(addr[0]), int(addr[1])))
+        conn = connection(str(addr[0]), int(addr[1]))
         if conn is not None:
-            conn[3] = time.monotonic_ns()
+            conn[READY] = time.monotonic_ns()
     except Exception:
         pass
+
+
+#: What the servers' hooks call for every kept-alive request, in the server's thread: the
+#: C twin of :func:`note_request_ready` (less than half its instructions: 1,505 against
+#: 3,400 per call, callgrind), which hands anything odd to it.
+note_ready: Callable[[Any], None] = (
+    speedups.note_ready if speedups is not None else note_request_ready
+)
 
 
 def mark_spool(spool_dir: str | None, capacity: int | None, *, hooked: bool = True) -> None:
@@ -198,7 +272,7 @@ def _noting_add_task(original: Any) -> Any:
     request's arrival, which TCP_INFO cannot give for kept-alive connections."""
 
     def add_task(channel: Any) -> Any:
-        note_request_ready(getattr(channel, "addr", None) or ("", 0))
+        note_ready(getattr(channel, "addr", None) or ("", 0))
         return original(channel)
 
     return add_task

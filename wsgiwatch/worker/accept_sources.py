@@ -22,7 +22,14 @@ from typing import Any, Final
 
 from wsgiwatch.spool import layout as fmt
 from wsgiwatch.worker import accept_hook
-from wsgiwatch.worker.accept_hook import arrival_from_socket
+from wsgiwatch.worker.accept_hook import (
+    ACCEPT,
+    ARRIVAL,
+    READY,
+    USES,
+    arrival_from_socket,
+    connection,
+)
 from wsgiwatch.worker.arrival import parse_proxy_header
 from wsgiwatch.worker.call_state import (
     PROXY_PENDING,
@@ -51,14 +58,14 @@ def accept_sources(
     """(accept_ns, arrival_ns, source, flags) from the accept hook or the server's keys.
     ``flags`` may carry TIME_REJECTED, which the caller counts and drops."""
     accept = arrival = source = flags = 0
-    conn = ACCEPTED.get((peer, port)) if ACCEPTED else None
+    conn = connection(peer, port) if ACCEPTED else None
     if conn is None and not port and ACCEPTED:  # a unix socket: found by its fd
         unix = accept_hook.unix_connection_key(environ)
-        conn = ACCEPTED.get(unix) if unix else None
+        conn = connection(accept_hook.UNIX, unix) if unix is not None else None
     if conn is not None:
-        accept, arrival, uses, ready = conn
-        conn[2] = uses + 1
-        conn[3] = 0
+        accept, arrival, uses, ready = conn[ACCEPT], conn[ARRIVAL], conn[USES], conn[READY]
+        conn[USES] = uses + 1
+        conn[READY] = 0
         source = fmt.SOURCE_HOOK
         if uses:
             flags = fmt.FLAG_REUSED_CONNECTION

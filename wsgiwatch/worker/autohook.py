@@ -38,11 +38,14 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from wsgiwatch.worker.accept_hook import (
-    ACCEPTED,
+    ARRIVAL,
+    READY,
+    USES,
     arrival_from_socket,
+    connection,
     install_gunicorn,
     mark_spool,
-    note_request_ready,
+    note_ready,
     record_accept,
 )
 
@@ -185,7 +188,7 @@ def _noting_enqueue(enqueue: Callable[..., Any]) -> Callable[..., Any]:
         # then waits for it): only a kept-alive or deferred one is queued because its
         # bytes are there. The first request's arrival comes from TCP_INFO instead.
         if getattr(conn, "initialized", False) or getattr(conn, "data_ready", False):
-            note_request_ready(getattr(conn, "client", None) or ("", 0))
+            note_ready(getattr(conn, "client", None) or ("", 0))
         return enqueue(self, conn)
 
     return enqueue_req
@@ -245,7 +248,7 @@ def _recording_waitress_accept(accept: Callable[..., Any]) -> Callable[..., Any]
 
 def _noting_add_task(add_task: Callable[..., Any]) -> Callable[..., Any]:
     def noting_add_task(self: Any, channel: Any) -> Any:
-        note_request_ready(getattr(channel, "addr", None) or ("", 0))
+        note_ready(getattr(channel, "addr", None) or ("", 0))
         return add_task(self, channel)
 
     return noting_add_task
@@ -279,15 +282,22 @@ def _recording_cheroot_accept(accept: Callable[..., Any]) -> Callable[..., Any]:
     return recording_from_server_socket
 
 
+def _cheroot_entry(conn: Any) -> list[Any] | None:
+    """The hook's entry of a cheroot connection, or None (no port: a unix socket)."""
+    port = getattr(conn, "remote_port", None)
+    if type(port) is not int:
+        return None
+    return connection(str(getattr(conn, "remote_addr", "")), port)
+
+
 def _noting_process_conn(process_conn: Callable[..., Any]) -> Callable[..., Any]:
     def noting_process_conn(self: Any, conn: Any) -> Any:
         # A new connection is handed over right after the accept, before its request may
         # have come; a kept-alive one only once its next request is readable (its first
         # request has been through the middleware: the hook's entry counts it).
-        peer = (str(getattr(conn, "remote_addr", "")), getattr(conn, "remote_port", 0))
-        entry = ACCEPTED.get(peer)
-        if entry is not None and entry[2]:
-            entry[3] = time.monotonic_ns()
+        entry = _cheroot_entry(conn)
+        if entry is not None and entry[USES]:
+            entry[READY] = time.monotonic_ns()
         return process_conn(self, conn)
 
     return noting_process_conn
@@ -298,13 +308,11 @@ def _arrival_at_pickup(communicate: Callable[..., Any]) -> Callable[..., Any]:
         # A new connection's request may have come after the accept (TCP_INFO had nothing
         # then), and cheroot hands the app no socket to ask later: ask it now, as a thread
         # picks the connection up. One getsockopt, for those connections only.
-        entry = ACCEPTED.get(
-            (str(getattr(self, "remote_addr", "")), getattr(self, "remote_port", 0))
-        )
-        if entry is not None and not (entry[1] or entry[2] or entry[3]):
+        entry = _cheroot_entry(self)
+        if entry is not None and not (entry[ARRIVAL] or entry[USES] or entry[READY]):
             arrival = arrival_from_socket(getattr(self, "socket", None), time.monotonic_ns())
             if arrival:
-                entry[3] = arrival
+                entry[READY] = arrival
         return communicate(self)
 
     return communicate_noting_arrival

@@ -11,6 +11,7 @@ from wsgiwatch.worker import (
     settings,
     spool_check,
     streams,
+    uwsgi_identity,
 )
 from wsgiwatch.worker.accelerator import speedups
 from wsgiwatch.worker.python_path import PythonWSGIWatch
@@ -42,4 +43,5 @@ def share_with_accelerator() -> None:
         python_call=PythonWSGIWatch.__call__,
         log_error=internal_errors.log_internal_error,
         check_spool=spool_check.check_spool,
+        connection_port=uwsgi_identity.connection_port,
     )

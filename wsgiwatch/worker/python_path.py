@@ -23,6 +23,7 @@ from wsgiwatch.worker.internal_errors import internal_error
 from wsgiwatch.worker.request_keys import request_keys, sane_get
 from wsgiwatch.worker.response import Call
 from wsgiwatch.worker.settings import Environ, StartResponse, WatchSettings, ready
+from wsgiwatch.worker.uwsgi_identity import NO_PORT, connection_port
 
 _monotonic_ns = time.monotonic_ns
 _get_native_id = threading.get_native_id
@@ -31,6 +32,8 @@ _new_call = list.__new__
 _NO_SLOT = fmt.NO_SLOT
 _SLOT_BASE = fmt.HEADER_SIZE
 _SLOT_SIZE = fmt.SLOT_SIZE
+_IDENTITY_UNTIL = fmt.OFF_IDENTITY_UNTIL
+_U64_from = fmt.U64.unpack_from
 
 # This thread's OS id, looked up once per thread (``get_native_id`` is a syscall's worth of
 # time). A thread-local, not a dict by ``get_ident()``: CPython hands a dead thread's ident
@@ -94,6 +97,11 @@ class PythonWSGIWatch(WatchSettings):
                     writer.bump(fmt.OFF_TIMES_REJECTED)
             else:
                 accept = arrival = source = flags = 0
+            if writer.mm[_IDENTITY_UNTIL]:  # the sidecar asks for connections' own ports
+                found = connection_port(_U64_from(writer.mm, _IDENTITY_UNTIL)[0])
+                if found != NO_PORT:
+                    port = found
+                    flags |= fmt.FLAG_PEER_FROM_SOCKET
             call.flags = flags
             tid = _native_id()
             # The slot is taken last, so nothing above can fail while holding it; try/pop
