@@ -10,7 +10,9 @@ meanwhile) with default settings, and we time:
 
 - polls with no worker at capacity (the usual case: listeners only, no connection dump);
 - polls with one worker at capacity (a slow request in each of its two threads): the
-  connections are dumped then, all 10,000 of them walked, the quiet ones skipped;
+  connections are dumped then, all 10,000 of them walked, the quiet ones skipped; timed
+  with the C parser (wsgiwatch/kernel/_diag.c) and with the Python one
+  (``netlink.accelerator = None``), interleaved poll by poll so both see the same load;
 - the first poll (every worker's fds read), and polls after a worker was replaced;
 - a scrape of ``/metrics`` (``generate_latest`` over the monitor): time and bytes, with
   100 routes x 64 workers of series.
@@ -65,13 +67,33 @@ def spread_routes(port: int, workers: int) -> None:
         get(port, "/hello").close()
 
 
-def timed_polls(monitor: object, count: int) -> list[float]:
+def timed_polls(monitor: object, count: int, cpu: list[float] | None = None) -> list[float]:
     out = []
     for _ in range(count):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         monitor.poll()  # type: ignore[attr-defined]
         out.append(time.perf_counter() - t0)
+        if cpu is not None:
+            cpu.append(time.process_time() - c0)
         time.sleep(0.05)
+    return out
+
+
+def polls_by_parser(monitor: object, count: int) -> dict[str, tuple[list[float], list[float]]]:
+    """(wall, CPU) of polls with the C parser and with the Python one, interleaved."""
+    from wsgiwatch.kernel import netlink
+
+    accelerator = netlink.accelerator
+    parsers = {"C": accelerator, "Python": None} if accelerator else {"Python": None}
+    out: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in parsers}
+    try:
+        for _ in range(count):
+            for name, module in parsers.items():
+                netlink.accelerator = module
+                wall, cpu = out[name]
+                wall += timed_polls(monitor, 1, cpu)
+    finally:
+        netlink.accelerator = accelerator
     return out
 
 
@@ -81,18 +103,37 @@ def ms(values: list[float]) -> str:
     return f"median {1000 * statistics.median(ordered):6.1f} ms, p95 {1000 * p95:6.1f} ms"
 
 
+def profile(monitor: object, title: str) -> None:
+    """cProfile of five polls: the top 25 functions by cumulative time."""
+    import cProfile
+    import pstats
+
+    print(f"  cProfile, {title}:")
+    profiler = cProfile.Profile()
+    for _ in range(5):
+        profiler.runcall(monitor.poll)  # type: ignore[attr-defined]
+    pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+
+
+def load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--polls", type=int, default=20, help="polls timed per case")
     parser.add_argument(
-        "--profile", action="store_true", help="cProfile the polls at capacity (top 15)"
+        "--profile", action="store_true", help="cProfile the polls (top 25, both cases)"
     )
     args = parser.parse_args(argv)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, args.connections * 2 + 1000), hard))
-    print(f"{os.cpu_count()} cores, python {sys.version.split()[0]}, {time.strftime('%F %H:%M')}")
+    print(
+        f"{os.cpu_count()} cores, python {sys.version.split()[0]}, "
+        f"{time.strftime('%F %H:%M', time.gmtime())} UTC, {load()}"
+    )
     print(
         f"sidecar at scale: gunicorn gthread -w {args.workers} --threads 2, "
         f"{args.connections} idle keep-alive connections, {ROUTES} routes"
@@ -133,31 +174,35 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  first poll (every worker's fds read): {1000 * first:.1f} ms, {workers} workers"
             )
-            quiet = timed_polls(monitor, args.polls)
-            print(f"  polls, no worker at capacity:  {ms(quiet)}")
-            # Both threads of some worker busy: the connections are dumped at each poll.
-            slow = [
-                threading.Thread(target=lambda: get(server.port, "/slow/8").close(), daemon=True)
-                for _ in range(4)
-            ]
-            for t in slow:
-                t.start()
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                monitor.poll()
+            quiet_cpu: list[float] = []
+            quiet = timed_polls(monitor, args.polls, quiet_cpu)
+            print(f"  polls, no worker at capacity:  {ms(quiet)}; CPU {ms(quiet_cpu)}")
+            if args.profile:
+                profile(monitor, "polls, no worker at capacity")
+            # Slow requests, one at a time, until two land on one worker (both its threads
+            # busy: at capacity); the connections are dumped at each poll from then on.
+            slow: list[threading.Thread] = []
+            deadline = time.monotonic() + 20
+            while len(slow) < 40 and time.monotonic() < deadline:
                 if any(w.busy >= w.blocking_capacity for w in monitor.registry.live()):
                     break
-                time.sleep(0.05)
-            full = timed_polls(monitor, min(args.polls, 20))
-            print(f"  polls, a worker at capacity:   {ms(full)}  (target < 50 ms)")
+                slow.append(
+                    threading.Thread(
+                        target=lambda: get(server.port, "/slow/15").close(), daemon=True
+                    )
+                )
+                slow[-1].start()
+                time.sleep(0.1)
+                monitor.poll()
+            at_capacity = sum(w.busy >= w.blocking_capacity for w in monitor.registry.live())
+            print(f"  {at_capacity} worker(s) at capacity; {load()}")
+            for name, (wall, cpu) in polls_by_parser(monitor, min(args.polls, 20)).items():
+                print(
+                    f"  polls, a worker at capacity, {name + ' parser:':15} {ms(wall)}; "
+                    f"CPU {ms(cpu)}  (target < 50 ms)"
+                )
             if args.profile:
-                import cProfile
-                import pstats
-
-                profiler = cProfile.Profile()
-                for _ in range(5):
-                    profiler.runcall(monitor.poll)
-                pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+                profile(monitor, "polls, a worker at capacity")
             scrape = []
             for _ in range(10):
                 t0 = time.perf_counter()
@@ -169,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"(target < 50 ms)"
             )
             for t in slow:
-                t.join(15)
+                t.join(20)
             monitor.close()
         finally:
             for s in idle:
