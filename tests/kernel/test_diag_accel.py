@@ -219,7 +219,7 @@ options = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
 @given(_messages(), options)
 def test_generated_messages(data: bytes, kwargs: dict[str, Any]) -> None:
     same_both_ways(data, **kwargs)
