@@ -9,8 +9,11 @@ skip_quiet corner) and hostile bytes.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
+import subprocess
+import sys
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
@@ -81,6 +84,16 @@ def test_the_accelerator_is_built_and_used() -> None:
         netlink.accelerator = accel
     assert calls == [1] and done
     assert (socks, done) == netlink.parse_inet_diag_python(data, ports={8000, 1})
+
+
+def test_pure_python_in_the_environment_turns_it_off() -> None:
+    check = "from wsgiwatch.kernel import netlink; print(netlink.accelerator is None)"
+    for value, off in (("1", "True"), ("0", "False"), ("", "False")):
+        env = {**os.environ, "WSGIWATCH_PURE_PYTHON": value}
+        result = subprocess.run(
+            [sys.executable, "-c", check], env=env, capture_output=True, text=True, check=True
+        )
+        assert result.stdout.strip() == off
 
 
 # -- recorded replies, every option ------------------------------------------------------
