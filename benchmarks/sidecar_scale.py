@@ -12,7 +12,10 @@ meanwhile) with default settings, and we time:
 - polls with one worker at capacity (a slow request in each of its two threads): the
   connections are dumped then, all 10,000 of them walked, the quiet ones skipped; timed
   with the C parser (wsgiwatch/kernel/_diag.c) and with the Python one
-  (``netlink.accelerator = None``), interleaved poll by poll so both see the same load;
+  (``netlink.accelerator = None``), interleaved poll by poll so both see the same load,
+  wall and CPU time (the kernel's dump work runs in ``recv``: it counts as ours);
+- the two parts of such a poll's dump apart: each parser on one recorded dump, and the
+  kernel's work alone (as polled, without tcp_info, a filter matching nothing);
 - the first poll (every worker's fds read), and polls after a worker was replaced;
 - a scrape of ``/metrics`` (``generate_latest`` over the monitor): time and bytes, with
   100 routes x 64 workers of series.
