@@ -16,7 +16,7 @@ from wsgiwatch.sidecar import accumulate as acc
 from wsgiwatch.sidecar.arrivals import PROXY_ROUNDING_NS, ArrivalJoin, Ready, unix_record
 from wsgiwatch.sidecar.connections import plain_addr
 from wsgiwatch.sidecar.incidents import IncidentLog
-from wsgiwatch.sidecar.recent import Outcome, RecentBuffer
+from wsgiwatch.sidecar.recent import Entry, Outcome, RecentBuffer, entry_bytes
 from wsgiwatch.sidecar.verdicts import Verdict, judge
 from wsgiwatch.sidecar.workers import Worker
 from wsgiwatch.spool.records import Record, queue_wait_ns
@@ -27,6 +27,9 @@ SEEN_CONNECTIONS = 4096
 
 def status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status < 600 else "unknown"
+
+
+_STATUS_CLASS = {status: status_class(status) for status in range(100, 600)}
 
 
 @dataclass
@@ -89,26 +92,83 @@ class Accountant:
         now_ns: int,
         wall_offset: int,
     ) -> None:
+        """Account for one finished request (see :meth:`finished_all`)."""
+        self.finished_all([(worker, record)], workers, now_ns, wall_offset)
+
+    def finished_all(
+        self,
+        items: Sequence[tuple[Worker, Record]],
+        workers: Sequence[Worker],
+        now_ns: int,
+        wall_offset: int,
+    ) -> None:
+        """Account for finished requests, oldest first.
+
+        Per request only what cannot wait: the route's label (its cap counts candidates
+        per request), the duration's bucket, the connection, the join. Sums are kept in
+        local dicts and added to the counters once per call: most requests (no source
+        says when they came: no wait, no verdict) touch nothing else.
+        """
         t = self.tallies
-        route = t.route(record.route)
-        t.new_route(route, record.route)
-        t.requests.inc((route, status_class(record.status)))
-        duration_s = max(0, record.duration_ns) / 1e9
-        t.durations.observe((route,), duration_s)
-        t.busy_seconds.inc((str(worker.index),), duration_s)
-        self._note_connection(worker, record)
-        # What the API and `wsgiwatch timeline` show of this request; filled in below.
-        outcome = self.recent.add(worker.index, record)
-        ready = self.arrivals.ready(record, wall_offset)
-        if ready is None:
-            t.wait_sources.inc(("none",))
-            worker.wait_sources["none"] += 1
-            return
+        cap = t.route
+        blame_series = t._blame_series
+        ready_of = self.arrivals.ready
+        note = self._note_connection
+        requests: dict[tuple[str, str], int] = {}
+        durations: dict[str, list[float]] = {}
+        busy: dict[Worker, float] = {}
+        unknown: dict[Worker, int] = {}
+        kept: list[Entry] = []
+        keep = kept.append
+        for worker, record in items:
+            route = cap(record.route)
+            if route not in blame_series:
+                t.new_route(route, record.route)
+            key = (route, _STATUS_CLASS.get(record.status) or status_class(record.status))
+            requests[key] = requests.get(key, 0) + 1
+            duration_s = max(0, record.exit_ns - record.entry_ns) / 1e9
+            same_route = durations.get(route)
+            if same_route is None:
+                durations[route] = [duration_s]
+            else:
+                same_route.append(duration_s)
+            busy[worker] = busy.get(worker, 0.0) + duration_s
+            note(worker, record)
+            ready = ready_of(record, wall_offset)
+            if ready is None:
+                unknown[worker] = unknown.get(worker, 0) + 1
+                keep((record, worker.index, None, entry_bytes(record, None)))
+                continue
+            outcome = self._waited(worker, record, route, ready, workers, now_ns, wall_offset)
+            keep((record, worker.index, outcome, entry_bytes(record, outcome)))
+        for key, count in requests.items():
+            t.requests.inc(key, float(count))
+        for route, values in durations.items():
+            t.durations.observe_all((route,), values)
+        for worker, seconds in busy.items():
+            t.busy_seconds.inc((str(worker.index),), seconds)
+        for worker, count in unknown.items():
+            t.wait_sources.inc(("none",), float(count))
+            worker.wait_sources["none"] += count
+        self.recent.extend(kept)
+
+    def _waited(
+        self,
+        worker: Worker,
+        record: Record,
+        route: str,
+        ready: Ready,
+        workers: Sequence[Worker],
+        now_ns: int,
+        wall_offset: int,
+    ) -> Outcome:
+        """A request whose wait a source knows: its wait, phases and verdict."""
+        t = self.tallies
         ready_ns, source = ready.ns, ready.source
         t.wait_sources.inc((source,))
         worker.wait_sources[source] += 1
         wait_ns = queue_wait_ns(record.entry_ns, ready_ns)
-        outcome.ready_ns, outcome.wait_s, outcome.wait_source = ready_ns, wait_ns / 1e9, source
+        outcome = Outcome(ready_ns, wait_ns / 1e9, source)
         t.queue_waits.observe((route,), wait_ns / 1e9)
         outcome.phases = phases = self._phases(record, ready, wall_offset)
         for phase, seconds in phases.items():
@@ -124,6 +184,7 @@ class Accountant:
         )
         if verdict is not None:
             self._blocked(worker, record, source, wait_ns, verdict, outcome)
+        return outcome
 
     def _blocked(
         self,
@@ -151,7 +212,6 @@ class Accountant:
             }
             for b in verdict.blames
         ]
-        self.recent.judged(outcome)
         self.incidents.add(worker.index, record, source, wait_ns, verdict)
 
     def _note_connection(self, worker: Worker, record: Record) -> None:

@@ -45,7 +45,6 @@ from wsgiwatch.sidecar.views import (
     UnseenWorker,
 )
 from wsgiwatch.sidecar.workers import Worker, WorkerRegistry
-from wsgiwatch.spool import layout as fmt
 from wsgiwatch.spool.records import Record, SlotState
 
 #: Poll again, early if need be, before a worker's ring is this full at its current rate.
@@ -64,6 +63,10 @@ FAST_INTERVAL_S = 0.05
 
 Drained = dict[Worker, list[Record]]
 T = TypeVar("T")
+
+
+def _exit_ns(item: tuple[Worker, Record]) -> int:
+    return item[1].exit_ns
 
 
 class Monitor:
@@ -175,15 +178,17 @@ class Monitor:
             if fill_ns is not None and (soonest_ns is None or fill_ns < soonest_ns):
                 soonest_ns = fill_ns
         self._drain_by = None if soonest_ns is None else time.monotonic() + soonest_ns / 1e9
-        finished.sort(key=lambda item: item[1].exit_ns)
-        for worker, record in finished:
-            if record.exit_ns >= now and worker.alive:
+        finished.sort(key=_exit_ns)
+        ready: list[tuple[Worker, Record]] = []
+        for item in finished:
+            if item[1].exit_ns >= now and item[0].alive:
                 # It ended after this poll's scoreboard read: a request that began after
                 # that read and still runs is in neither the scoreboard nor the records,
                 # and may have blocked this one. Judged next poll, when it is in one.
-                self._deferred.append((worker, record))
-                continue
-            self.accountant.finished(worker, record, workers, now, wall_offset)
+                self._deferred.append(item)
+            else:
+                ready.append(item)
+        self.accountant.finished_all(ready, workers, now, wall_offset)
         kernel = self.kernel
         self.stalls = find_stalls(
             live,
@@ -309,11 +314,7 @@ class Monitor:
             # Finished between the scoreboard read and now: one run, not two.
             done = {r.request for r in result.records}
             worker.running = [r for r in worker.running if r.request not in done]
-        for r in result.records:
-            raised = bool(r.flags & fmt.FLAG_APP_RAISED)
-            worker.history.append(
-                Run(r.pid, r.request, r.entry_ns, r.exit_ns, r.route, r.method, raised)
-            )
+        worker.history.extend(result.records)  # a Record is a finished run as it is
         return result.records
 
     def _note_unstarted(

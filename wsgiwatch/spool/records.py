@@ -8,8 +8,10 @@ wait, and :func:`make_record`, the fast ``Record(...)`` the reader builds record
 
 from __future__ import annotations
 
-import dataclasses
+import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from wsgiwatch.spool import layout as fmt
 
@@ -21,6 +23,7 @@ __all__ = [
     "decode_accept",
     "decode_header",
     "decode_record",
+    "decode_rows",
     "decode_slot",
     "make_record",
     "queue_wait_ns",
@@ -80,9 +83,13 @@ class SpoolHeader:
         return self.declared_capacity or max(1, self.slot_high_water)
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One finished request. Times are CLOCK_MONOTONIC ns; 0 means unknown."""
+class Record(NamedTuple):
+    """One finished request. Times are CLOCK_MONOTONIC ns; 0 means unknown.
+
+    A named tuple, not a dataclass: the sidecar builds one per finished request, and a
+    tuple is built in one call (a frozen dataclass sets its 20 fields one by one, about
+    four times slower), and a tuple of ints and strings is untracked by the cyclic garbage
+    collector, which then never walks the tens of thousands the sidecar keeps."""
 
     seq: int
     pid: int
@@ -127,6 +134,16 @@ class Record:
     def reused_connection(self) -> bool:
         return bool(self.flags & fmt.FLAG_REUSED_CONNECTION)
 
+    @property
+    def raised(self) -> bool:
+        """Ended by an exception (as :attr:`wsgiwatch.sidecar.detect.Run.raised`)."""
+        return bool(self.flags & fmt.FLAG_APP_RAISED)
+
+    def end(self, now_ns: int) -> int:
+        """When it left the app (as :meth:`wsgiwatch.sidecar.detect.Run.end`: a finished
+        request is a run in a worker's history)."""
+        return self.exit_ns or now_ns
+
 
 @dataclass(frozen=True, slots=True)
 class SlotState:
@@ -155,36 +172,6 @@ class AcceptEvent:
     peer: str
 
 
-# The sidecar builds one Record per finished request. A frozen dataclass's __init__ sets each
-# of its 20 fields through object.__setattr__, which resolves the slot by name every time
-# (about 4 us a record here, a third of the sidecar's whole per-request cost); calling the
-# slot descriptors directly is a quarter of that. Same object, as immutable afterwards:
-# tests check it equals Record(...) field for field (as kernel/records.py does for sockets).
-(
-    _set_seq,
-    _set_pid,
-    _set_request,
-    _set_accept_ns,
-    _set_arrival_ns,
-    _set_entry_ns,
-    _set_headers_ns,
-    _set_exit_ns,
-    _set_proxy_wall_ns,
-    _set_bytes_sent,
-    _set_tid,
-    _set_slot,
-    _set_status,
-    _set_flags,
-    _set_peer_port,
-    _set_server_port,
-    _set_method,
-    _set_accept_source,
-    _set_peer,
-    _set_route,
-) = (getattr(Record, field.name).__set__ for field in dataclasses.fields(Record))
-_new = object.__new__
-
-
 def make_record(
     seq: int,
     pid: int,
@@ -207,29 +194,35 @@ def make_record(
     peer: str,
     route: str,
 ) -> Record:
-    """``Record(...)`` with the same arguments, in a quarter of the time (for the reader)."""
-    record: Record = _new(Record)
-    _set_seq(record, seq)
-    _set_pid(record, pid)
-    _set_request(record, request)
-    _set_accept_ns(record, accept_ns)
-    _set_arrival_ns(record, arrival_ns)
-    _set_entry_ns(record, entry_ns)
-    _set_headers_ns(record, headers_ns)
-    _set_exit_ns(record, exit_ns)
-    _set_proxy_wall_ns(record, proxy_wall_ns)
-    _set_bytes_sent(record, bytes_sent)
-    _set_tid(record, tid)
-    _set_slot(record, slot)
-    _set_status(record, status)
-    _set_flags(record, flags)
-    _set_peer_port(record, peer_port)
-    _set_server_port(record, server_port)
-    _set_method(record, method)
-    _set_accept_source(record, accept_source)
-    _set_peer(record, peer)
-    _set_route(record, route)
-    return record
+    """``Record(...)`` (kept for callers from when a Record was slower to build)."""
+    return _new_record(
+        Record,
+        (
+            seq,
+            pid,
+            request,
+            accept_ns,
+            arrival_ns,
+            entry_ns,
+            headers_ns,
+            exit_ns,
+            proxy_wall_ns,
+            bytes_sent,
+            tid,
+            slot,
+            status,
+            flags,
+            peer_port,
+            server_port,
+            method,
+            accept_source,
+            peer,
+            route,
+        ),
+    )
+
+
+_new_record = tuple.__new__
 
 
 def _text(raw: bytes, encoding: str = "utf-8") -> str:
@@ -292,34 +285,95 @@ def decode_header(raw: bytes) -> SpoolHeader:
 
 def decode_record(seq: int, pid: int, raw: bytes, at: int = 0) -> Record:
     """The record at offset ``at`` of ``raw`` (a ring entry), as sequence ``seq`` of ``pid``."""
-    (request, entry, accept, arrival, tid, peer_port, method, source, peer, route) = (
-        fmt.SLOT.unpack_from(raw, at)
-    )
-    (headers, exit_, proxy, nbytes, status, flags, server_port, slot) = fmt.RECORD_EXIT.unpack_from(
-        raw, at + fmt.RECORD_EXIT_OFFSET
-    )
-    return make_record(
-        seq=seq,
-        pid=pid,
-        request=request,
-        accept_ns=accept,
-        arrival_ns=arrival,
-        entry_ns=entry,
-        headers_ns=headers,
-        exit_ns=exit_,
-        proxy_wall_ns=proxy,
-        bytes_sent=nbytes,
-        tid=tid,
-        slot=slot,
-        status=status,
-        flags=flags,
-        peer_port=peer_port,
-        server_port=server_port,
-        method=_method(method),
-        accept_source=_source(source),
-        peer=_text(peer, "ascii"),
-        route=_text(route),
-    )
+    return decode_rows(pid, [(seq, RECORD_ROW.unpack_from(raw, at))])[0]
+
+
+#: A whole ring entry in one unpack: the slot image, the exit part, the stamp.
+RECORD_ROW = struct.Struct(fmt.SLOT.format + fmt.RECORD_EXIT.format.lstrip("<") + "Q")
+#: Only the stamp of each entry (to read a whole copy's stamps with ``iter_unpack``).
+RECORD_STAMP = struct.Struct(f"<{fmt.RECORD_SEQ_OFFSET}xQ")
+#: One field of RECORD_ROW unpacked: the stamp is the last one.
+Row = tuple[Any, ...]
+_METHOD_NAMES = tuple(_method(code) for code in range(256))
+_SOURCE_NAMES = tuple(_source(code) for code in range(256))
+#: Text fields seen, as bytes -> str. A spool holds a handful of routes and peers, read
+#: thousands of times; decoding each once is most of the saving. Bounded: emptied when full
+#: (a flood of distinct paths costs a decode each, as without it).
+TEXT_CACHE_ENTRIES = 4096
+_peers: dict[bytes, str] = {}
+_routes: dict[bytes, str] = {}
+
+
+def _remember(cache: dict[bytes, str], raw: bytes, encoding: str) -> str:
+    if len(cache) >= TEXT_CACHE_ENTRIES:
+        cache.clear()
+    text = cache[raw] = _text(raw, encoding)
+    return text
+
+
+def decode_rows(pid: int, rows: Iterable[tuple[int, Row]]) -> list[Record]:
+    """Records from ``(sequence, RECORD_ROW fields)`` pairs of ``pid``'s ring (whose
+    stamps the reader has checked), in one loop: the sidecar's per-record decoding."""
+    methods, sources, new = _METHOD_NAMES, _SOURCE_NAMES, _new_record
+    peers, routes = _peers, _routes
+    out: list[Record] = []
+    append = out.append
+    for seq, row in rows:
+        (
+            request,
+            entry,
+            accept,
+            arrival,
+            tid,
+            peer_port,
+            method,
+            source,
+            peer_raw,
+            route_raw,
+            headers,
+            exit_,
+            proxy,
+            nbytes,
+            status,
+            flags,
+            server_port,
+            slot,
+            _stamp,
+        ) = row
+        peer = peers.get(peer_raw)
+        if peer is None:
+            peer = _remember(peers, peer_raw, "ascii")
+        route = routes.get(route_raw)
+        if route is None:
+            route = _remember(routes, route_raw, "utf-8")
+        append(
+            new(
+                Record,
+                (
+                    seq,
+                    pid,
+                    request,
+                    accept,
+                    arrival,
+                    entry,
+                    headers,
+                    exit_,
+                    proxy,
+                    nbytes,
+                    tid,
+                    slot,
+                    status,
+                    flags,
+                    peer_port,
+                    server_port,
+                    methods[method],
+                    sources[source],
+                    peer,
+                    route,
+                ),
+            )
+        )
+    return out
 
 
 def decode_slot(index: int, image: bytes) -> SlotState | None:
