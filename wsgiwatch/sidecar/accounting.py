@@ -16,7 +16,7 @@ from wsgiwatch.sidecar import accumulate as acc
 from wsgiwatch.sidecar.arrivals import PROXY_ROUNDING_NS, ArrivalJoin, Ready, unix_record
 from wsgiwatch.sidecar.connections import plain_addr
 from wsgiwatch.sidecar.incidents import IncidentLog
-from wsgiwatch.sidecar.recent import Entry, Outcome, RecentBuffer, entry_bytes
+from wsgiwatch.sidecar.recent import ENTRY_BYTES, Entry, Outcome, RecentBuffer, entry_bytes
 from wsgiwatch.sidecar.verdicts import Verdict, judge
 from wsgiwatch.sidecar.workers import Worker
 from wsgiwatch.spool.records import Record, queue_wait_ns
@@ -114,6 +114,7 @@ class Accountant:
         blame_series = t._blame_series
         ready_of = self.arrivals.ready
         note = self._note_connection
+        seen_conns = self._seen_conns
         requests: dict[tuple[str, str], int] = {}
         durations: dict[str, list[float]] = {}
         busy: dict[Worker, float] = {}
@@ -133,11 +134,18 @@ class Accountant:
             else:
                 same_route.append(duration_s)
             busy[worker] = busy.get(worker, 0.0) + duration_s
-            note(worker, record)
+            seen = seen_conns.get(worker.index)
+            conn = (plain_addr(record.peer), record.peer_port)
+            if seen is not None and conn in seen and (record.peer or record.peer_port):
+                seen.move_to_end(conn)  # a kept-alive connection: the usual case, inline
+            else:
+                note(worker, record)
             ready = ready_of(record, wall_offset)
             if ready is None:
                 unknown[worker] = unknown.get(worker, 0) + 1
-                keep((record, worker.index, None, entry_bytes(record, None)))
+                keep(
+                    (record, worker.index, None, ENTRY_BYTES + len(record.route) + len(record.peer))
+                )
                 continue
             outcome = self._waited(worker, record, route, ready, workers, now_ns, wall_offset)
             keep((record, worker.index, outcome, entry_bytes(record, outcome)))

@@ -115,13 +115,14 @@ class ArrivalJoin:
 
     def ready(self, record: Record, wall_offset: int) -> Ready | None:
         """Since when ``record`` could have been served, or None if nothing says."""
-        key = peer_key(record.pid, record.peer, record.peer_port)
-        kernel = self._kernel.get(key)
         kernel_arrival = 0
-        if kernel and kernel[0] <= record.entry_ns + ARRIVAL_TOLERANCE_NS:
-            kernel_arrival = kernel[0]
-            del self._kernel[key]  # a later one belongs to the connection's next request
-        self._accepted.pop(key, None)
+        if self._kernel or self._accepted:  # both empty while no worker is at capacity
+            key = peer_key(record.pid, record.peer, record.peer_port)
+            kernel = self._kernel.get(key)
+            if kernel and kernel[0] <= record.entry_ns + ARRIVAL_TOLERANCE_NS:
+                kernel_arrival = kernel[0]
+                del self._kernel[key]  # a later one belongs to the connection's next request
+            self._accepted.pop(key, None)
         # A unix connection seen waiting: taken whatever the source, so it is never given
         # to a later request of this worker.
         unix = self.unix.take(record.pid, record.entry_ns) if unix_record(record) else None

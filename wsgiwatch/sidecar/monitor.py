@@ -15,6 +15,7 @@ requests: counters, verdicts, incidents), :mod:`~wsgiwatch.sidecar.stalls` (live
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Callable, Collection, Iterable
 from typing import Any, TypeVar
@@ -67,6 +68,11 @@ T = TypeVar("T")
 
 def _exit_ns(item: tuple[Worker, Record]) -> int:
     return item[1].exit_ns
+
+
+_PEER_AND_PORT = operator.itemgetter(
+    Record._fields.index("peer"), Record._fields.index("peer_port")
+)
 
 
 class Monitor:
@@ -336,7 +342,10 @@ class Monitor:
                 if key[0] in unstarted:
                     unstarted[key[0]].add(key)
         for worker in live:
-            answered = {peer_key(r.pid, r.peer, r.peer_port) for r in drained.get(worker, ())}
+            # Distinct connections first, in C (a Record is a tuple): keep-alive traffic
+            # repeats a few peers thousands of times.
+            pairs = set(map(_PEER_AND_PORT, drained.get(worker, ())))
+            answered = {peer_key(worker.pid, peer, port) for peer, port in pairs}
             self._unstarted.seen(worker.pid, unstarted[worker.pid], answered)
 
     def _retire(self, worker: Worker, final_slots: list[SlotState], now: int) -> None:
