@@ -3,16 +3,18 @@
 
     .venv/bin/python benchmarks/sidecar_records.py [--records 550] [--rounds 40] [--profile]
 
-Two spools of the default geometry (64 slots, 4,096 records), capacity 4 each, as the
-gunicorn gthread 2 x 4 of ``sidecar_cost.py``; their fake processes live in a fake procfs.
-Each round writes ``--records`` finished records into each spool (outside the timing), as
-keep-alive traffic from 100 connections looks (one route, status 200, no accept hook, a
-kept-alive connection after its first request), then times one ``poll()`` with
+Two spools of the default geometry (64 slots, 4,096 records, 1,024 accept events),
+capacity 4 each, as the gunicorn gthread 2 x 4 of ``sidecar_cost.py``; their fake processes
+live in a fake procfs. Each round writes ``--records`` finished records into each spool
+(outside the timing) as keep-alive traffic from 100 connections looks (one route, status
+200, a kept-alive connection after its first request), then times one ``poll()`` with
 ``time.process_time``; an idle poll (no new record) is timed in the same round and
-subtracted. Prints the median and range of CPU per record, and with ``--hook`` the same
-with accept-hook times in every record (the join's hook path). The kernel view is off: its
-cost is per poll, not per record (``sidecar_cost.py`` measures it). ``--profile`` prints
-cProfile's top functions of the record polls (cProfile inflates per-call work).
+subtracted. Two rows: without the accept hook (no source says when a request came: no
+wait to account), and with it, as ``sidecar_cost.py``'s gunicorn records requests (hook
+times, arrival from the server; 100 idle connections accepted and pending): that row is
+the one to compare with it. The kernel view is off: its cost is per poll, not per record
+(``sidecar_cost.py`` measures it). ``--profile`` prints cProfile's top functions of the
+record polls (cProfile inflates per-call work).
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ from support.sidecar_support import FakeProc, Req, finish, make_spool
 
 from wsgiwatch.sidecar.monitor import Monitor
 from wsgiwatch.spool import layout as fmt
-from wsgiwatch.spool.writer import DEFAULT_RING, SpoolWriter
+from wsgiwatch.spool.writer import DEFAULT_ACCEPTS, DEFAULT_RING, SpoolWriter
 
 PIDS = (5_300_001, 5_300_002)
 CONNECTIONS = 100
+IDLE_CONNECTIONS = 100
 
 
 def fill(writers: list[SpoolWriter], count: int, *, hook: bool, serial: list[int]) -> None:
@@ -55,10 +58,11 @@ def fill(writers: list[SpoolWriter], count: int, *, hook: bool, serial: list[int
                 peer_port=port,
                 flags=fmt.FLAG_REUSED_CONNECTION if n > CONNECTIONS else 0,
             )
-            if hook:
+            if hook:  # as the benchmark app's records read (gunicorn with the hook)
                 req.source = fmt.SOURCE_HOOK
-                req.accept_ns = entry - 400_000
+                req.accept_ns = entry - 400_000_000
                 req.arrival_ns = entry - 60_000
+                req.flags |= fmt.FLAG_ARRIVAL_SERVER
             finish(writer, req)
 
 
@@ -70,8 +74,21 @@ def run(records: int, rounds: int, *, hook: bool, profile: cProfile.Profile | No
     for pid in PIDS:
         proc.add(pid, 1000)
         writers.append(
-            make_spool(directory, pid, capacity=4, slot_count=64, ring_capacity=DEFAULT_RING)
+            make_spool(
+                directory,
+                pid,
+                capacity=4,
+                slot_count=64,
+                ring_capacity=DEFAULT_RING,
+                accept_capacity=DEFAULT_ACCEPTS,
+            )
         )
+    if hook:  # idle keep-alive connections, accepted and never used: pending accepts
+        now = time.monotonic_ns()
+        for n, writer in enumerate(writers):
+            writer.set_flags(fmt.HEADER_FLAG_ACCEPT_HOOK)
+            for k in range(IDLE_CONNECTIONS // 2):
+                writer.write_accept(now, now, 50000 + 2 * k + n, 8000, 5, b"127.0.0.1")
     monitor = Monitor(directory, procfs_root=proc.root, use_kernel=False)
     serial = [0]
     per_record: list[float] = []

@@ -15,6 +15,7 @@ requests: counters, verdicts, incidents), :mod:`~wsgiwatch.sidecar.stalls` (live
 
 from __future__ import annotations
 
+import itertools
 import operator
 import time
 from collections.abc import Callable, Collection, Iterable
@@ -179,7 +180,7 @@ class Monitor:
         finished, self._deferred = self._deferred, []
         soonest_ns: int | None = None
         for worker, records in drained.items():
-            finished += [(worker, r) for r in records]
+            finished.extend(zip(itertools.repeat(worker), records))
             fill_ns = self._time_to_fill(worker, now)
             if fill_ns is not None and (soonest_ns is None or fill_ns < soonest_ns):
                 soonest_ns = fill_ns

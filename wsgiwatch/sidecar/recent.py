@@ -1,10 +1,11 @@
 """The finished requests kept for ``/api/requests`` and the timeline: bounded in bytes.
 
 Each request is kept as the :class:`~wsgiwatch.spool.records.Record` the reader built, its
-worker's index and, only when a source said since when it could have been served, a small
-:class:`Outcome` (its wait and verdict). Most requests have none (keep-alive traffic with
-no accept hook: nothing says when their bytes came), and cost only a tuple here: the JSON
-view (:class:`~wsgiwatch.sidecar.views.RequestView`) is built only when the API asks.
+worker's index and what is known of its wait: nothing (no source said when it came), the
+:class:`~wsgiwatch.sidecar.arrivals.Ready` of a request that waited too little for a
+verdict, in the process alone (the usual one: everything else follows from it), or else a
+small :class:`Outcome` (its wait, phases and verdict). The JSON view
+(:class:`~wsgiwatch.sidecar.views.RequestView`) is built only when the API asks.
 
 The buffer holds at most ``max_count`` requests and at most ``max_bytes`` by an estimate
 per entry (the objects' fixed sizes, measured with ``sys.getsizeof`` at import, plus the
@@ -19,8 +20,9 @@ import collections
 import sys
 from collections.abc import Iterator
 
+from wsgiwatch.sidecar.arrivals import Ready
 from wsgiwatch.sidecar.views import RECENT_KEPT, BlockerRef, RequestView, peer_text
-from wsgiwatch.spool.records import Record, make_record
+from wsgiwatch.spool.records import Record, make_record, queue_wait_ns
 
 __all__ = ["RECENT_BYTES", "Outcome", "RecentBuffer", "entry_bytes", "request_view"]
 
@@ -54,8 +56,17 @@ class Outcome:
         self.phases: dict[str, float] = _NO_PHASES  # replaced, never mutated
 
 
-def request_view(worker: int, r: Record, outcome: Outcome | None) -> RequestView:
-    """The JSON view of one kept request."""
+def request_view(worker: int, r: Record, detail: Outcome | Ready | None) -> RequestView:
+    """The JSON view of one kept request: ``detail`` is its Outcome, or the Ready of a
+    request that waited too little for a verdict, in the process alone (its phases are
+    that wait), or None when no source said when it came."""
+    if isinstance(detail, Ready):
+        wait_s = queue_wait_ns(r.entry_ns, detail.ns) / 1e9
+        built = Outcome(detail.ns, wait_s, detail.source)
+        built.phases = {"process": wait_s}
+        outcome: Outcome | None = built
+    else:
+        outcome = detail
     return {
         "worker": worker,
         "pid": r.pid,
@@ -106,11 +117,13 @@ OUTCOME_BYTES = (
     + sys.getsizeof({"process": 0.0})
     + sys.getsizeof(0.5)
 )
+#: A Ready kept instead of an Outcome (its source and flag are shared objects).
+READY_BYTES = sys.getsizeof(Ready(2**40, "hook", True)) + sys.getsizeof(2**40)
 #: A blocker reference in a blocked request's outcome (a dict of four keys).
 BLOCKER_BYTES = sys.getsizeof({"pid": 0, "request": 0, "route": "", "blamed_s": 0.0}) + 100
 
-#: (record, worker index, outcome or None, estimated bytes)
-Entry = tuple[Record, int, "Outcome | None", int]
+#: (record, worker index, what is known of its wait, estimated bytes)
+Entry = tuple[Record, int, "Outcome | Ready | None", int]
 
 
 def entry_bytes(record: Record, outcome: Outcome | None) -> int:
@@ -153,7 +166,7 @@ class RecentBuffer:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __iter__(self) -> Iterator[tuple[Record, int, Outcome | None]]:
+    def __iter__(self) -> Iterator[tuple[Record, int, Outcome | Ready | None]]:
         # Copied first: the poll thread appends while the HTTP side reads (it never locks).
         return iter([(r, w, o) for r, w, o, _ in list(self._entries)])
 
