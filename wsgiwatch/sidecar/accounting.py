@@ -139,6 +139,7 @@ class Accountant:
         threshold_ns = self.threshold_ns
         waits = self._waits
         process: list[float] = []  # waits spent in the process alone
+        plain: dict[str, str] = {}  # peer as recorded -> plain_addr(peer)
         kept: list[Entry] = []
         keep = kept.append
         for worker, record in items:
@@ -155,13 +156,16 @@ class Accountant:
             else:
                 same_route.append(duration_s)
             busy[worker] = busy.get(worker, 0.0) + duration_s
+            addr = plain.get(record.peer)
+            if addr is None:
+                addr = plain[record.peer] = plain_addr(record.peer)
             seen = seen_conns.get(worker.index)
-            conn = (plain_addr(record.peer), record.peer_port)
+            conn = (addr, record.peer_port)
             if seen is not None and conn in seen and (record.peer or record.peer_port):
                 seen.move_to_end(conn)  # a kept-alive connection: the usual case, inline
             else:
                 note(worker, record)
-            ready = ready_of(record, wall_offset)
+            ready = ready_of(record, wall_offset, addr)
             if ready is None:
                 sources[worker, "none"] = sources.get((worker, "none"), 0) + 1
                 keep(

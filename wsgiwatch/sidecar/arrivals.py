@@ -114,12 +114,13 @@ class ArrivalJoin:
         """Accepted connections whose request has not started: (key, ready time)."""
         return iter(list(self._accepted.items()))  # copied: the poll goes on mutating
 
-    def ready(self, record: Record, wall_offset: int) -> Ready | None:
-        """Since when ``record`` could have been served, or None if nothing says."""
+    def ready(self, record: Record, wall_offset: int, addr: str | None = None) -> Ready | None:
+        """Since when ``record`` could have been served, or None if nothing says
+        (``addr``: its peer's ``plain_addr()``, when the caller has it already)."""
         kernel_arrival = 0
         peer, port = record.peer, record.peer_port
         if self._kernel or self._accepted:  # both empty while no worker is at capacity
-            key = (record.pid, plain_addr(peer), port)  # peer_key()
+            key = (record.pid, plain_addr(peer) if addr is None else addr, port)  # peer_key()
             kernel = self._kernel.get(key) if self._kernel else None
             if kernel and kernel[0] <= record.entry_ns + ARRIVAL_TOLERANCE_NS:
                 kernel_arrival = kernel[0]

@@ -12,6 +12,7 @@ The values it returns, and their decoding from bytes, are in :mod:`wsgiwatch.spo
 
 from __future__ import annotations
 
+import operator
 import os
 import time
 from dataclasses import dataclass
@@ -63,6 +64,10 @@ MIN_ELAPSED_NS = 1_000_000
 READ_BATCH = 16_384
 #: Ring entries per copy when reading the stamps of a whole ring (after an implausible head).
 SCAN_CHUNK = 4096
+
+
+_last = operator.itemgetter(-1)  # a RECORD_ROW's stamp
+_first = operator.itemgetter(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,9 +259,16 @@ class SpoolReader:
             # unpacked whole (iter_unpack): one call, not two per entry.
             first = self._entries(i, count, self._record_base, fmt.RECORD_SIZE, ring)
             second = self._entries(i, count, self._record_base, fmt.RECORD_SIZE, ring)
+            rows = list(RECORD_ROW.iter_unpack(second))
+            stamps = list(map(_first, RECORD_STAMP.iter_unpack(first)))
+            expected = list(range(i + 1, i + 1 + count))
+            if stamps == expected and list(map(_last, rows)) == expected:
+                # The usual case, compared in C: every entry whole in both copies.
+                good = list(zip(range(i, i + count), rows, strict=True))
+                i += count
+                rows = []  # nothing left for the entry-by-entry walk below
             keep = good.append
-            stamps = RECORD_STAMP.iter_unpack(first)
-            for (s1,), row in zip(stamps, RECORD_ROW.iter_unpack(second), strict=True):
+            for s1, row in zip(stamps, rows, strict=False):
                 stamp = i + 1  # entries carry their sequence plus one: zeroes are never valid
                 if s1 == stamp:
                     if row[-1] == stamp:
