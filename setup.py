@@ -1,4 +1,5 @@
-"""The optional C accelerator of the middleware's per-request path; the sdist's symlinks.
+"""The optional C accelerators (the middleware's per-request path, the sidecar's record
+decoding); the sdist's symlinks.
 
 Everything else is in pyproject.toml. ``optional=True``: without a compiler the build goes
 on and WSGIWatch uses its pure-Python path (wsgiwatch/worker/python_path.py), which records the same
@@ -48,6 +49,14 @@ setup(
             depends=["wsgiwatch/worker/_layout.h"],  # generated from wsgiwatch/spool/layout.py
             optional=True,
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-        )
+        ),
+        # The sidecar's batch decoder of records (its Python twin: records.decode_rows).
+        Extension(
+            "wsgiwatch.spool._batch",
+            ["wsgiwatch/spool/_batch.c"],
+            depends=["wsgiwatch/worker/_layout.h"],
+            optional=True,
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        ),
     ],
 )

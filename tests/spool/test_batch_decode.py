@@ -1,9 +1,11 @@
-"""The reader's batch decoding (whole copies unpacked at once, route and peer text cached)
-against a plain twin: one entry at a time, field by field, as the format document reads.
+"""The reader's batch decoding (whole copies unpacked at once, route and peer text cached;
+in C by ``wsgiwatch.spool._batch`` when built, else in Python) against a plain twin: one
+entry at a time, field by field, as the format document reads.
 
 Whatever the ring's bytes (stamps of every kind, bodies of random bytes, invalid UTF-8,
 embedded NULs), the reader must return the same records, and count the same losses and torn
-entries, as the twin; and its text cache must never change a decoded string.
+entries, as the twin, with either decoder; and its text cache must never change a decoded
+string.
 """
 
 from __future__ import annotations
@@ -18,13 +20,24 @@ from hypothesis import strategies as st
 from wsgiwatch.spool import layout as fmt
 from wsgiwatch.spool import records
 from wsgiwatch.spool.reader import STUCK_ENTRY_TIMEOUT_NS, SpoolReader
-from wsgiwatch.spool.records import RECORD_ROW, Record, decode_rows
+from wsgiwatch.spool.records import RECORD_ROW, Record, decode_block, decode_rows
 from wsgiwatch.spool.writer import open_spool
 
 SLOTS, RING, ACCEPTS = 4, 8, 4
 RECORD_BASE = fmt.HEADER_SIZE + SLOTS * fmt.SLOT_SIZE
 HEAD = 11  # records the pristine spool holds (the ring lapped once)
 NOW = 2**62
+#: The decoders: C (when built: it is wherever a compiler was) and Python.
+DECODERS = ["c", "python"]
+
+
+@pytest.fixture(params=DECODERS)
+def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "python":
+        monkeypatch.setattr(records, "batch", None)
+    else:
+        assert records.batch is not None, "the C decoder was not built (no compiler?)"
+    return str(request.param)
 
 
 def twin_decode(seq: int, pid: int, raw: bytes, at: int) -> Record:
@@ -156,6 +169,7 @@ entry = st.tuples(
     stamps=st.tuples(*(_stamp_choice(k) for k in range(RING))),
 )
 def test_the_reader_reads_what_its_one_entry_twin_reads(
+    decoder: str,
     pristine: bytes,
     batch_dir: str,
     entries: list[tuple[bytes | None, bytes | None, bytes, bytes, int, int]],
@@ -188,17 +202,30 @@ def test_the_reader_reads_what_its_one_entry_twin_reads(
             assert reader.cursor == twin.cursor
 
 
-@settings(max_examples=200, deadline=None)
-@given(raw=st.binary(min_size=3 * fmt.RECORD_SIZE, max_size=3 * fmt.RECORD_SIZE))
-def test_any_bytes_decode_as_the_twin_decodes_them(raw: bytes) -> None:
-    rows = [(7 + k, RECORD_ROW.unpack_from(raw, k * fmt.RECORD_SIZE)) for k in range(3)]
-    want = [twin_decode(7 + k, 42, raw, k * fmt.RECORD_SIZE) for k in range(3)]
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    raw=st.binary(min_size=3 * fmt.RECORD_SIZE, max_size=3 * fmt.RECORD_SIZE),
+    seq=st.integers(0, 2**64 - 4),
+)
+def test_any_bytes_decode_as_the_twin_decodes_them(decoder: str, raw: bytes, seq: int) -> None:
+    want = [twin_decode(seq + k, 42, raw, k * fmt.RECORD_SIZE) for k in range(3)]
+    for _ in range(2):  # the second time from the text cache
+        got = decode_block(42, seq, raw)
+        assert got == want
+        assert all(type(r) is Record for r in got)
+    rows = [(seq + k, RECORD_ROW.unpack_from(raw, k * fmt.RECORD_SIZE)) for k in range(3)]
     assert decode_rows(42, rows) == want
-    assert decode_rows(42, rows) == want  # again, from the text cache
+
+
+def test_a_partial_entry_at_the_end_is_not_decoded(decoder: str) -> None:
+    raw = bytes(2 * fmt.RECORD_SIZE + 100)
+    assert [r.seq for r in decode_block(1, 5, raw)] == [5, 6]
 
 
 def test_the_text_cache_is_bounded_and_forgets_nothing_it_should_not(
-    monkeypatch: pytest.MonkeyPatch,
+    decoder: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Past its size the cache starts over: a flood of distinct routes costs a decode each,
     never memory, and every route still reads right."""
@@ -208,6 +235,6 @@ def test_the_text_cache_is_bounded_and_forgets_nothing_it_should_not(
     for n in range(100):
         route = f"/flood/{n}".encode()
         body[80:144] = route.ljust(64, b"\0")
-        (record,) = decode_rows(1, [(n, RECORD_ROW.unpack(bytes(body)))])
+        (record,) = decode_block(1, n, bytes(body))
         assert record.route == f"/flood/{n}"
         assert len(records._routes) <= 16

@@ -28,6 +28,7 @@ from wsgiwatch.spool.records import (
     SlotState,
     SpoolHeader,
     decode_accept,
+    decode_block,
     decode_header,
     decode_rows,
     decode_slot,
@@ -66,7 +67,6 @@ READ_BATCH = 16_384
 SCAN_CHUNK = 4096
 
 
-_last = operator.itemgetter(-1)  # a RECORD_ROW's stamp
 _first = operator.itemgetter(0)
 
 
@@ -253,20 +253,22 @@ class SpoolReader:
         budget = min(ring, READ_BATCH) if limit is None else min(limit, ring, READ_BATCH)
         count = min(budget, max(0, head - i))
         good: list[tuple[int, Row]] = []
+        whole: list[Record] = []
         if count:
             # Two copies: the first's stamps say which entries were whole before the second
             # began; the second's bodies are kept when its stamps still agree. Each copy is
             # unpacked whole (iter_unpack): one call, not two per entry.
             first = self._entries(i, count, self._record_base, fmt.RECORD_SIZE, ring)
             second = self._entries(i, count, self._record_base, fmt.RECORD_SIZE, ring)
-            rows = list(RECORD_ROW.iter_unpack(second))
             stamps = list(map(_first, RECORD_STAMP.iter_unpack(first)))
             expected = list(range(i + 1, i + 1 + count))
-            if stamps == expected and list(map(_last, rows)) == expected:
-                # The usual case, compared in C: every entry whole in both copies.
-                good = list(zip(range(i, i + count), rows, strict=True))
+            rows: list[Row] = []
+            if stamps == expected and stamps == list(map(_first, RECORD_STAMP.iter_unpack(second))):
+                # The usual case, checked in C: every entry whole in both copies.
+                whole = decode_block(self.pid, i, second)
                 i += count
-                rows = []  # nothing left for the entry-by-entry walk below
+            else:
+                rows = list(RECORD_ROW.iter_unpack(second))
             keep = good.append
             for s1, row in zip(stamps, rows, strict=False):
                 stamp = i + 1  # entries carry their sequence plus one: zeroes are never valid
@@ -292,7 +294,7 @@ class SpoolReader:
                     break
                 torn += 1
                 i += 1
-        out = decode_rows(self.pid, good)
+        out = whole + decode_rows(self.pid, good) if good else whole
         self.cursor = i
         if self.track:
             os.pwrite(self._fd, fmt.U64.pack(i), fmt.OFF_READER_CURSOR)

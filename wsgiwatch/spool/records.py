@@ -8,9 +8,12 @@ wait, and :func:`make_record`, the fast ``Record(...)`` the reader builds record
 
 from __future__ import annotations
 
+import itertools
+import os
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, NamedTuple
 
 from wsgiwatch.spool import layout as fmt
@@ -21,6 +24,7 @@ __all__ = [
     "SlotState",
     "SpoolHeader",
     "decode_accept",
+    "decode_block",
     "decode_header",
     "decode_record",
     "decode_rows",
@@ -309,6 +313,43 @@ def _remember(cache: dict[bytes, str], raw: bytes, encoding: str) -> str:
         cache.clear()
     text = cache[raw] = _text(raw, encoding)
     return text
+
+
+def _load_batch() -> ModuleType | None:
+    """The C batch decoder, unless it was not built (no compiler) or WSGIWATCH_PURE_PYTHON
+    asks for the Python path (as for the worker's accelerator)."""
+    if os.environ.get("WSGIWATCH_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from wsgiwatch.spool import _batch
+    except ImportError:
+        return None
+    return _batch
+
+
+#: ``wsgiwatch.spool._batch``, or None: :func:`decode_block` then decodes in Python.
+batch: ModuleType | None = _load_batch()
+
+
+def decode_block(pid: int, first_seq: int, data: bytes) -> list[Record]:
+    """The records of ``data``, whole ring entries whose stamps the reader has checked,
+    the first of them sequence ``first_seq``: in C when :data:`batch` is there, else
+    :func:`decode_rows` (the same records: tests/spool/test_batch_decode.py)."""
+    if batch is not None:
+        records: list[Record] = batch.decode(
+            Record,
+            pid,
+            first_seq,
+            data,
+            _METHOD_NAMES,
+            _SOURCE_NAMES,
+            _peers,
+            _routes,
+            TEXT_CACHE_ENTRIES,
+        )
+        return records
+    whole = memoryview(data)[: len(data) - len(data) % fmt.RECORD_SIZE]  # as the C one
+    return decode_rows(pid, zip(itertools.count(first_seq), RECORD_ROW.iter_unpack(whole)))
 
 
 def decode_rows(pid: int, rows: Iterable[tuple[int, Row]]) -> list[Record]:
