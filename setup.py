@@ -50,7 +50,7 @@ setup(
             optional=True,
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         ),
-        # The sidecar's batch decoder of records (its Python twin: records.decode_rows).
+        # The sidecar's batch decoder of records (its Python twin: record_batch.decode_rows).
         Extension(
             "wsgiwatch.spool._batch",
             ["wsgiwatch/spool/_batch.c"],

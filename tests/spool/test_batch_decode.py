@@ -18,9 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wsgiwatch.spool import layout as fmt
-from wsgiwatch.spool import records
+from wsgiwatch.spool import record_batch
 from wsgiwatch.spool.reader import STUCK_ENTRY_TIMEOUT_NS, SpoolReader
-from wsgiwatch.spool.records import RECORD_ROW, Record, decode_block, decode_rows
+from wsgiwatch.spool.record_batch import RECORD_ROW, decode_block, decode_rows
+from wsgiwatch.spool.records import Record
 from wsgiwatch.spool.writer import open_spool
 
 SLOTS, RING, ACCEPTS = 4, 8, 4
@@ -34,9 +35,9 @@ DECODERS = ["c", "python"]
 @pytest.fixture(params=DECODERS)
 def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "python":
-        monkeypatch.setattr(records, "batch", None)
+        monkeypatch.setattr(record_batch, "batch", None)
     else:
-        assert records.batch is not None, "the C decoder was not built (no compiler?)"
+        assert record_batch.batch is not None, "the C decoder was not built (no compiler?)"
     return str(request.param)
 
 
@@ -229,12 +230,12 @@ def test_the_text_cache_is_bounded_and_forgets_nothing_it_should_not(
 ) -> None:
     """Past its size the cache starts over: a flood of distinct routes costs a decode each,
     never memory, and every route still reads right."""
-    monkeypatch.setattr(records, "TEXT_CACHE_ENTRIES", 16)
-    monkeypatch.setattr(records, "_routes", {})
+    monkeypatch.setattr(record_batch, "TEXT_CACHE_ENTRIES", 16)
+    monkeypatch.setattr(record_batch, "_routes", {})
     body = bytearray(fmt.RECORD_SIZE)
     for n in range(100):
         route = f"/flood/{n}".encode()
         body[80:144] = route.ljust(64, b"\0")
         (record,) = decode_block(1, n, bytes(body))
         assert record.route == f"/flood/{n}"
-        assert len(records._routes) <= 16
+        assert len(record_batch._routes) <= 16

@@ -1,6 +1,6 @@
 /* The sidecar's batch decoder of finished-request records (optional: the pure-Python twin
- * is wsgiwatch.spool.records.decode_rows, and tests/spool/test_batch_decode.py checks that
- * both give the same records from any bytes).
+ * is wsgiwatch.spool.record_batch.decode_rows; tests/spool/test_batch_decode.py checks
+ * that both give the same records from any bytes).
  *
  * decode(record_type, pid, first_seq, data, methods, sources, peers, routes, cache_limit)
  * turns ``len(data) // RECORD_SIZE`` whole ring entries (their stamps already checked by the
@@ -152,7 +152,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "wsgiwatch.spool._batch",
-    "The sidecar's batch decoder of spool records (optional; see records.decode_rows).", -1,
+    "The sidecar's batch decoder of spool records (optional; see record_batch.decode_rows).", -1,
     methods, NULL, NULL, NULL, NULL,
 };
 

@@ -19,18 +19,14 @@ from dataclasses import dataclass
 
 from wsgiwatch.errors import SpoolFormatError, SpoolNotReady
 from wsgiwatch.spool import layout as fmt
+from wsgiwatch.spool.record_batch import RECORD_ROW, RECORD_STAMP, Row, decode_block, decode_rows
 from wsgiwatch.spool.records import (
-    RECORD_ROW,
-    RECORD_STAMP,
     AcceptEvent,
     Record,
-    Row,
     SlotState,
     SpoolHeader,
     decode_accept,
-    decode_block,
     decode_header,
-    decode_rows,
     decode_slot,
     make_record,
     queue_wait_ns,

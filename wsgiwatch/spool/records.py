@@ -3,18 +3,14 @@ events, and their decoding from the bytes :mod:`wsgiwatch.spool.layout` defines.
 
 Decoding here is pure (bytes in, value out); which bytes to trust, and when, is the reader's
 job (:mod:`wsgiwatch.spool.reader`). Also :func:`queue_wait_ns`, the one definition of queue
-wait, and :func:`make_record`, the fast ``Record(...)`` the reader builds records with.
+wait, and :func:`make_record`. Decoding records in batches, as the reader does, is in
+:mod:`wsgiwatch.spool.record_batch`.
 """
 
 from __future__ import annotations
 
-import itertools
-import os
-import struct
-from collections.abc import Iterable
 from dataclasses import dataclass
-from types import ModuleType
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from wsgiwatch.spool import layout as fmt
 
@@ -24,13 +20,13 @@ __all__ = [
     "SlotState",
     "SpoolHeader",
     "decode_accept",
-    "decode_block",
     "decode_header",
-    "decode_record",
-    "decode_rows",
     "decode_slot",
     "make_record",
+    "method_name",
     "queue_wait_ns",
+    "source_name",
+    "text_field",
 ]
 
 
@@ -229,15 +225,16 @@ def make_record(
 _new_record = tuple.__new__
 
 
-def _text(raw: bytes, encoding: str = "utf-8") -> str:
+def text_field(raw: bytes, encoding: str = "utf-8") -> str:
+    """A NUL-padded text field as the format defines it (invalid bytes replaced)."""
     return raw.rstrip(b"\0").decode(encoding, "replace")
 
 
-def _method(code: int) -> str:
+def method_name(code: int) -> str:
     return fmt.METHODS[code] if code < len(fmt.METHODS) else "OTHER"
 
 
-def _source(code: int) -> str:
+def source_name(code: int) -> str:
     return fmt.ACCEPT_SOURCES[code] if code < len(fmt.ACCEPT_SOURCES) else "unknown"
 
 
@@ -280,141 +277,11 @@ def decode_header(raw: bytes) -> SpoolHeader:
         write_errors=u64(raw, fmt.OFF_WRITE_ERRORS)[0],
         reader_cursor=u64(raw, fmt.OFF_READER_CURSOR)[0],
         reader_lost=u64(raw, fmt.OFF_READER_LOST)[0],
-        server_software=_text(fmt.SERVER_FIELD.unpack_from(raw, fmt.OFF_SERVER)[0], "ascii"),
+        server_software=text_field(fmt.SERVER_FIELD.unpack_from(raw, fmt.OFF_SERVER)[0], "ascii"),
         times_rejected=u64(raw, fmt.OFF_TIMES_REJECTED)[0],
         spools_lost=u64(raw, fmt.OFF_SPOOLS_LOST)[0],
         records_lost_with_spool=u64(raw, fmt.OFF_RECORDS_LOST_WITH_SPOOL)[0],
     )
-
-
-def decode_record(seq: int, pid: int, raw: bytes, at: int = 0) -> Record:
-    """The record at offset ``at`` of ``raw`` (a ring entry), as sequence ``seq`` of ``pid``."""
-    return decode_rows(pid, [(seq, RECORD_ROW.unpack_from(raw, at))])[0]
-
-
-#: A whole ring entry in one unpack: the slot image, the exit part, the stamp.
-RECORD_ROW = struct.Struct(fmt.SLOT.format + fmt.RECORD_EXIT.format.lstrip("<") + "Q")
-#: Only the stamp of each entry (to read a whole copy's stamps with ``iter_unpack``).
-RECORD_STAMP = struct.Struct(f"<{fmt.RECORD_SEQ_OFFSET}xQ")
-#: One field of RECORD_ROW unpacked: the stamp is the last one.
-Row = tuple[Any, ...]
-_METHOD_NAMES = tuple(_method(code) for code in range(256))
-_SOURCE_NAMES = tuple(_source(code) for code in range(256))
-#: Text fields seen, as bytes -> str. A spool holds a handful of routes and peers, read
-#: thousands of times; decoding each once is most of the saving. Bounded: emptied when full
-#: (a flood of distinct paths costs a decode each, as without it).
-TEXT_CACHE_ENTRIES = 4096
-_peers: dict[bytes, str] = {}
-_routes: dict[bytes, str] = {}
-
-
-def _remember(cache: dict[bytes, str], raw: bytes, encoding: str) -> str:
-    if len(cache) >= TEXT_CACHE_ENTRIES:
-        cache.clear()
-    text = cache[raw] = _text(raw, encoding)
-    return text
-
-
-def _load_batch() -> ModuleType | None:
-    """The C batch decoder, unless it was not built (no compiler) or WSGIWATCH_PURE_PYTHON
-    asks for the Python path (as for the worker's accelerator)."""
-    if os.environ.get("WSGIWATCH_PURE_PYTHON", "") not in ("", "0"):
-        return None
-    try:
-        from wsgiwatch.spool import _batch
-    except ImportError:
-        return None
-    return _batch
-
-
-#: ``wsgiwatch.spool._batch``, or None: :func:`decode_block` then decodes in Python.
-batch: ModuleType | None = _load_batch()
-
-
-def decode_block(pid: int, first_seq: int, data: bytes) -> list[Record]:
-    """The records of ``data``, whole ring entries whose stamps the reader has checked,
-    the first of them sequence ``first_seq``: in C when :data:`batch` is there, else
-    :func:`decode_rows` (the same records: tests/spool/test_batch_decode.py)."""
-    if batch is not None:
-        records: list[Record] = batch.decode(
-            Record,
-            pid,
-            first_seq,
-            data,
-            _METHOD_NAMES,
-            _SOURCE_NAMES,
-            _peers,
-            _routes,
-            TEXT_CACHE_ENTRIES,
-        )
-        return records
-    whole = memoryview(data)[: len(data) - len(data) % fmt.RECORD_SIZE]  # as the C one
-    return decode_rows(pid, zip(itertools.count(first_seq), RECORD_ROW.iter_unpack(whole)))
-
-
-def decode_rows(pid: int, rows: Iterable[tuple[int, Row]]) -> list[Record]:
-    """Records from ``(sequence, RECORD_ROW fields)`` pairs of ``pid``'s ring (whose
-    stamps the reader has checked), in one loop: the sidecar's per-record decoding."""
-    methods, sources, new = _METHOD_NAMES, _SOURCE_NAMES, _new_record
-    peers, routes = _peers, _routes
-    out: list[Record] = []
-    append = out.append
-    for seq, row in rows:
-        (
-            request,
-            entry,
-            accept,
-            arrival,
-            tid,
-            peer_port,
-            method,
-            source,
-            peer_raw,
-            route_raw,
-            headers,
-            exit_,
-            proxy,
-            nbytes,
-            status,
-            flags,
-            server_port,
-            slot,
-            _stamp,
-        ) = row
-        peer = peers.get(peer_raw)
-        if peer is None:
-            peer = _remember(peers, peer_raw, "ascii")
-        route = routes.get(route_raw)
-        if route is None:
-            route = _remember(routes, route_raw, "utf-8")
-        append(
-            new(
-                Record,
-                (
-                    seq,
-                    pid,
-                    request,
-                    accept,
-                    arrival,
-                    entry,
-                    headers,
-                    exit_,
-                    proxy,
-                    nbytes,
-                    tid,
-                    slot,
-                    status,
-                    flags,
-                    peer_port,
-                    server_port,
-                    methods[method],
-                    sources[source],
-                    peer,
-                    route,
-                ),
-            )
-        )
-    return out
 
 
 def decode_slot(index: int, image: bytes) -> SlotState | None:
@@ -432,14 +299,14 @@ def decode_slot(index: int, image: bytes) -> SlotState | None:
         arrival,
         tid,
         peer_port,
-        _method(method),
-        _source(source),
-        _text(peer, "ascii"),
-        _text(path),
+        method_name(method),
+        source_name(source),
+        text_field(peer, "ascii"),
+        text_field(path),
     )
 
 
 def decode_accept(seq: int, raw: bytes, at: int = 0) -> AcceptEvent:
     """The accept event at offset ``at`` of ``raw`` (a ring entry), as sequence ``seq``."""
     accept, arrival, peer_port, server_port, _fd, peer = fmt.ACCEPT_BODY.unpack_from(raw, at)
-    return AcceptEvent(seq, accept, arrival, peer_port, server_port, _text(peer, "ascii"))
+    return AcceptEvent(seq, accept, arrival, peer_port, server_port, text_field(peer, "ascii"))
