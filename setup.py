@@ -1,8 +1,10 @@
-"""The optional C accelerator of the middleware's per-request path; the sdist's symlinks.
+"""The optional C accelerators (the middleware's per-request path, the sidecar's inet_diag
+parser and record decoding); the sdist's symlinks.
 
 Everything else is in pyproject.toml. ``optional=True``: without a compiler the build goes
-on and WSGIWatch uses its pure-Python path (wsgiwatch/worker/python_path.py), which records the same
-bytes, only slower.
+on and wsgiwatch uses its pure-Python twins (wsgiwatch/worker/python_path.py, which records the
+same bytes; wsgiwatch/kernel/netlink.py and wsgiwatch/spool/record_batch.py, which parse the
+same records), only slower.
 """
 
 import os
@@ -48,6 +50,21 @@ setup(
             depends=["wsgiwatch/worker/_layout.h"],  # generated from wsgiwatch/spool/layout.py
             optional=True,
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-        )
+        ),
+        # The sidecar's inet_diag parser (wsgiwatch/kernel/netlink.py is its Python twin).
+        Extension(
+            "wsgiwatch.kernel._diag",
+            ["wsgiwatch/kernel/_diag.c"],
+            optional=True,
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        ),
+        # The sidecar's batch decoder of records (its Python twin: record_batch.decode_rows).
+        Extension(
+            "wsgiwatch.spool._batch",
+            ["wsgiwatch/spool/_batch.c"],
+            depends=["wsgiwatch/worker/_layout.h"],
+            optional=True,
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        ),
     ],
 )

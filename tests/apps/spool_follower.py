@@ -12,7 +12,6 @@ torn counts.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import select
@@ -44,7 +43,7 @@ def main() -> None:
         lost += result.lost
         torn += result.torn
         for record in result.records:
-            records.append(dict(dataclasses.asdict(record), read_ns=now))
+            records.append(dict(record._asdict(), read_ns=now))
 
     print("ready", flush=True)
     deadline = time.monotonic() + args.timeout

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from wsgiwatch.kernel import KernelObserver, KernelSnapshot
+from wsgiwatch.kernel import KernelObserver, KernelSnapshot, netlink
 from wsgiwatch.kernel.socket_watch import SocketWatch
 from wsgiwatch.sidecar.connections import classify, find_listeners
 
@@ -78,10 +78,11 @@ def test_quiet_connections_are_skipped_and_fds_are_read_once(server: Server) -> 
     assert ours(snap, server.port) == [("LISTEN", 0)]  # the five idle ones: skipped
     assert all(s.local_port != server.port or s.state == "LISTEN" for s in snap.tcp)
     assert {os.fstat(c.fileno()).st_ino for c in idle} <= inodes[PID]
-    assert watch.fd_scans == 1
+    assert (watch.fd_scans, watch.unions) == (1, 1)
     for _ in range(3):
         watch.poll([PID])
     assert watch.fd_scans == 1  # nothing new on our port: the fd map was not read again
+    assert watch.unions == 1  # nor the union of the maps recomputed (10,000 inodes at scale)
 
 
 def test_a_new_waiting_connection_is_seen_and_its_owner_found(server: Server) -> None:
@@ -143,9 +144,16 @@ def test_a_gone_pid_is_forgotten_and_a_new_one_scanned(server: Server) -> None:
         assert set(inodes) == {PID} and watch.fd_scans == 2
 
 
-def test_classification_equals_a_full_dumps(server: Server) -> None:
+@pytest.mark.parametrize("parser", ["C", "Python"])
+def test_classification_equals_a_full_dumps(
+    server: Server, parser: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """What the sidecar concludes from the watch's view: the same as from a full snapshot
-    and a fresh /proc scan (waiting connections and the backlog count)."""
+    and a fresh /proc scan (waiting connections and the backlog count), with either
+    inet_diag parser."""
+    assert netlink.accelerator is not None  # built here: the C parser is the default
+    if parser == "Python":
+        monkeypatch.setattr(netlink, "accelerator", None)
     for _ in range(3):
         server.idle()
     waiting_clients = [server.connect(b"GET /w HTTP/1.1\r\n\r\n") for _ in range(2)]

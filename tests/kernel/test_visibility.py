@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from support.apache import as_daemon_user
 
-from wsgiwatch.kernel import visibility
+from wsgiwatch.kernel import KernelObserver, visibility
 
 AS_WWW_DATA = ["setpriv", "--reuid", "www-data", "--regid", "www-data", "--clear-groups"]
 #: A www-data process that marks itself non-dumpable (as Apache's mod_wsgi daemons are),
@@ -79,3 +79,17 @@ def test_another_network_namespace(tmp_path: Path) -> None:
     assert visibility.netns_blindness(44, str(tmp_path)) is None
     assert visibility.netns_blindness(os.getpid()) is None  # the real one: ours
     assert sys.platform.startswith("linux")
+
+
+def test_the_observer_reuses_netns_verdicts_for_a_while(tmp_path: Path) -> None:
+    for pid, ns in (("self", "net:[4026531840]"), ("42", "net:[4026532999]")):
+        (tmp_path / pid / "ns").mkdir(parents=True)
+        (tmp_path / pid / "ns" / "net").symlink_to(ns)
+    cached = KernelObserver(str(tmp_path))
+    fresh = KernelObserver(str(tmp_path), netns_ttl_s=0)
+    for observer in (cached, fresh):
+        assert observer.blindness(42, fds_seen=True) == visibility.OTHER_NETNS
+    (tmp_path / "42" / "ns" / "net").unlink()
+    (tmp_path / "42" / "ns" / "net").symlink_to("net:[4026531840]")  # moved to ours
+    assert cached.blindness(42, fds_seen=True) == visibility.OTHER_NETNS  # not read again
+    assert fresh.blindness(42, fds_seen=True) is None  # read at every call

@@ -56,7 +56,9 @@ def test_the_sdist_carries_the_c_source_the_docs_and_the_tests(dist: Dist) -> No
     for rel, target in kept.items():
         assert members[rel].issym() and members[rel].linkname == target
     expected = set(tracked) - set(links) | set(kept)
-    expected |= {"wsgiwatch/worker/_speedups.c", "setup.py", "LICENSE", "CHANGELOG.md"}
+    expected |= {"wsgiwatch/worker/_speedups.c", "wsgiwatch/kernel/_diag.c", "setup.py"}
+    expected |= {"wsgiwatch/spool/_batch.c"}
+    expected |= {"LICENSE", "CHANGELOG.md"}
     assert expected - set(members) == set()
     assert not [n for n in members if n.endswith((".so", ".pyc")) or "__pycache__" in n]
 
@@ -64,8 +66,13 @@ def test_the_sdist_carries_the_c_source_the_docs_and_the_tests(dist: Dist) -> No
 def test_the_wheel_carries_the_compiled_accelerator_and_the_monitoring_files(dist: Dist) -> None:
     names = set(zipfile.ZipFile(dist.wheel).namelist())
     assert [n for n in names if re.fullmatch(r"wsgiwatch/worker/_speedups\.cpython-.*\.so", n)]
+    assert [n for n in names if re.fullmatch(r"wsgiwatch/kernel/_diag\.cpython-.*\.so", n)]
     assert "wsgiwatch/worker/_speedups.pyi" in names and "wsgiwatch/py.typed" in names
+    assert "wsgiwatch/kernel/_diag.pyi" in names
     assert "wsgiwatch/worker/_speedups.c" not in names
+    assert "wsgiwatch/kernel/_diag.c" not in names
+    assert [n for n in names if re.fullmatch(r"wsgiwatch/spool/_batch\.cpython-.*\.so", n)]
+    assert "wsgiwatch/spool/_batch.pyi" in names and "wsgiwatch/spool/_batch.c" not in names
     data = {f"wsgiwatch/grafana/data/{rel}" for rel in tree(generate_main.PACKAGE_DATA)}
     assert data and data <= names
     assert not [n for n in names if n.startswith("tests/")]

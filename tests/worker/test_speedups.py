@@ -8,7 +8,6 @@ blocks refuse what they cannot handle.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import os
 import shutil
@@ -233,7 +232,7 @@ def _run_scenarios(cls: type, directory: str) -> list[Record]:
 
 
 def _comparable(record: Record) -> dict[str, Any]:
-    fields = dataclasses.asdict(record)
+    fields = record._asdict()
     for moment in ("accept_ns", "arrival_ns", "entry_ns", "headers_ns", "exit_ns"):
         fields[moment] = fields[moment] > 0  # when differs between runs; whether does not
     del fields["pid"], fields["tid"]

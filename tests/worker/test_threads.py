@@ -131,7 +131,7 @@ def check_record(
     record: Record | dict[str, Any], sent: dict[str, Sent], *, check_tid: bool = True
 ) -> None:
     """The record is exactly one request that was made, and its fields agree with it."""
-    r = record if isinstance(record, dict) else dataclasses.asdict(record)
+    r = record if isinstance(record, dict) else record._asdict()
     who = sent.get(r["route"])
     assert who is not None, f"record of no request made: {r}"
     want = expected(who.thread, who.n)

@@ -56,6 +56,10 @@ def _log() -> Any:
     return structlog.get_logger("wsgiwatch.kernel")
 
 
+#: How long a worker's network-namespace verdict is reused (two readlinks per worker per
+#: poll otherwise: 1 to 2 ms a poll with 64 workers). A process does not change namespace
+#: behind a server's back; the window only matters if a pid is reused within it.
+NETNS_TTL_S = 30.0
 # More ports than this make a filter program longer than the kernel's attribute limit.
 _MAX_FILTER_PORTS = 2048
 _FAMILIES = ((socket.AF_INET, "IPv4"), (socket.AF_INET6, "IPv6"))
@@ -74,13 +78,24 @@ class KernelObserver:
     and may be shared between threads.
     """
 
-    __slots__ = ("_kernel_filter", "_logged", "_one_walk", "procfs_root")
+    __slots__ = (
+        "_kernel_filter",
+        "_logged",
+        "_netns_since",
+        "_netns_verdicts",
+        "_one_walk",
+        "netns_ttl_s",
+        "procfs_root",
+    )
 
-    def __init__(self, procfs_root: str = "/proc") -> None:
+    def __init__(self, procfs_root: str = "/proc", *, netns_ttl_s: float = NETNS_TTL_S) -> None:
         self.procfs_root = procfs_root
+        self.netns_ttl_s = netns_ttl_s
         self._kernel_filter = True  # cleared if the kernel refuses the port filter program
         self._one_walk = True  # cleared if the kernel refuses TCPDIAG_GETSOCK (both families)
         self._logged: set[str] = set()
+        self._netns_verdicts: dict[int, str | None] = {}  # pid -> netns_blindness, cached
+        self._netns_since = float("-inf")
 
     def _notice(self, notices: list[str], text: str) -> None:
         notices.append(text)
@@ -233,9 +248,21 @@ class KernelObserver:
         """Why ``pid``'s sockets cannot be seen from here (a
         :data:`wsgiwatch.kernel.visibility.REASONS` word), or None when they can.
         ``fds_seen``: its ``/proc/PID/fd`` was just read, so only the namespace is in doubt."""
-        root = self.procfs_root
-        fds = None if fds_seen else visibility.fd_blindness(pid, root)
-        return fds or visibility.netns_blindness(pid, root)
+        fds = None if fds_seen else visibility.fd_blindness(pid, self.procfs_root)
+        return fds or self._netns_blindness(pid)
+
+    def _netns_blindness(self, pid: int) -> str | None:
+        """:func:`visibility.netns_blindness`, reused for :data:`NETNS_TTL_S` (all verdicts
+        are forgotten together, which also forgets the pids gone since)."""
+        now = time.monotonic()
+        if now - self._netns_since >= self.netns_ttl_s:
+            self._netns_verdicts.clear()
+            self._netns_since = now
+        verdicts = self._netns_verdicts
+        if pid in verdicts:
+            return verdicts[pid]
+        verdict = verdicts[pid] = visibility.netns_blindness(pid, self.procfs_root)
+        return verdict
 
     def process_start_ticks(self, pid: int) -> int | None:
         """``pid``'s start time in clock ticks after boot, or ``None`` if it is gone."""

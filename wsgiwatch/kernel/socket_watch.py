@@ -63,13 +63,16 @@ class SocketWatch:
         self._scanned_at = float("-inf")
         self._unix_held = False
         self._held_cache: set[int] | None = None
-        #: How many times /proc/PID/fd was read (all pids count one each): for tests and
-        #: the benchmark, which show the cache working.
+        #: How many times /proc/PID/fd was read (all pids count one each), and the union of
+        #: the maps computed: for tests and the benchmark, which show the caches working.
         self.fd_scans = 0
+        self.unions = 0
 
     # -- fd maps -----------------------------------------------------------------------------
     def _scan(self, pids: Iterable[int]) -> None:
-        self._held_cache = None
+        pids = list(pids)
+        if pids:  # an empty scan (no new pid: most polls) leaves the union valid
+            self._held_cache = None
         for pid in pids:
             self.inodes[pid] = self.observer.socket_inodes(pid)
             self.fd_scans += 1
@@ -83,6 +86,7 @@ class SocketWatch:
         """Every inode some worker holds (recomputed only when a map changed: with 64
         workers and 10,000 connections the union is a few milliseconds)."""
         if self._held_cache is None:
+            self.unions += 1
             self._held_cache = set().union(*self.inodes.values()) if self.inodes else set()
         return self._held_cache
 

@@ -22,7 +22,14 @@ from wsgiwatch.sidecar.arrivals import (
 )
 from wsgiwatch.sidecar.connections import plain_addr
 from wsgiwatch.sidecar.incidents import IncidentLog
-from wsgiwatch.sidecar.recent import Outcome, RecentBuffer
+from wsgiwatch.sidecar.recent import (
+    ENTRY_BYTES,
+    READY_BYTES,
+    Entry,
+    Outcome,
+    RecentBuffer,
+    entry_bytes,
+)
 from wsgiwatch.sidecar.verdicts import Verdict, judge
 from wsgiwatch.sidecar.workers import Worker
 from wsgiwatch.spool.records import Record, queue_wait_ns
@@ -33,6 +40,9 @@ SEEN_CONNECTIONS = 4096
 
 def status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status < 600 else "unknown"
+
+
+_STATUS_CLASS = {status: status_class(status) for status in range(100, 600)}
 
 
 @dataclass
@@ -67,6 +77,13 @@ class Tallies:
             self.blocked_seconds.inc(blocker, 0.0)
 
 
+def _by_label(pairs: list[tuple[str, float]]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for label, value in pairs:
+        out.setdefault(label, []).append(value)
+    return out
+
+
 class Accountant:
     """Takes finished requests, oldest first, and accounts for each once."""
 
@@ -79,6 +96,9 @@ class Accountant:
         self.threshold_ns = threshold_ns
         self.recent = RecentBuffer()
         self._seen_conns: dict[int, collections.OrderedDict[tuple[str, int], None]] = {}
+        # Waits and their phases of the requests of one finished_all() call, by label.
+        self._waits: list[tuple[str, float]] = []
+        self._phase_values: list[tuple[str, float]] = []
 
     def answered(self, index: int) -> collections.OrderedDict[tuple[str, int], None] | None:
         """Peers the worker with this index has answered (its kept-alive connections)."""
@@ -95,41 +115,151 @@ class Accountant:
         now_ns: int,
         wall_offset: int,
     ) -> None:
+        """Account for one finished request (see :meth:`finished_all`)."""
+        self.finished_all([(worker, record)], workers, now_ns, wall_offset)
+
+    def finished_all(
+        self,
+        items: Sequence[tuple[Worker, Record]],
+        workers: Sequence[Worker],
+        now_ns: int,
+        wall_offset: int,
+    ) -> None:
+        """Account for finished requests, oldest first.
+
+        Per request only what cannot wait: the route's label (its cap counts candidates
+        per request), the duration's bucket, the connection, the join. Sums are kept in
+        local dicts and added to the counters once per call: most requests (no source
+        says when they came: no wait, no verdict) touch nothing else.
+        """
         t = self.tallies
-        route = t.route(record.route)
-        t.new_route(route, record.route)
-        t.requests.inc((route, status_class(record.status)))
-        duration_s = max(0, record.duration_ns) / 1e9
-        t.durations.observe((route,), duration_s)
-        t.busy_seconds.inc((str(worker.index),), duration_s)
-        self._note_connection(worker, record)
-        # What the API and `wsgiwatch timeline` show of this request; filled in below.
-        outcome = self.recent.add(worker.index, record)
-        ready = self.arrivals.ready(record, wall_offset)
-        if ready is None:
-            t.wait_sources.inc(("none",))
-            worker.wait_sources["none"] += 1
-            return
+        cap = t.route
+        blame_series = t._blame_series
+        ready_of = self.arrivals.ready
+        note = self._note_connection
+        seen_conns = self._seen_conns
+        requests: dict[tuple[str, str], int] = {}
+        durations: dict[str, list[float]] = {}
+        busy: dict[Worker, float] = {}
+        sources: dict[tuple[Worker, str], int] = {}
+        threshold_ns = self.threshold_ns
+        waits = self._waits
+        process: list[float] = []  # waits spent in the process alone
+        plain: dict[str, str] = {}  # peer as recorded -> plain_addr(peer)
+        kept: list[Entry] = []
+        keep = kept.append
+        for worker, record in items:
+            route = cap(record.route)
+            if route not in blame_series:
+                t.new_route(route, record.route)
+            key = (route, _STATUS_CLASS.get(record.status) or status_class(record.status))
+            requests[key] = requests.get(key, 0) + 1
+            duration_ns = record.exit_ns - record.entry_ns
+            duration_s = duration_ns / 1e9 if duration_ns > 0 else 0.0
+            same_route = durations.get(route)
+            if same_route is None:
+                durations[route] = [duration_s]
+            else:
+                same_route.append(duration_s)
+            busy[worker] = busy.get(worker, 0.0) + duration_s
+            addr = plain.get(record.peer)
+            if addr is None:
+                addr = plain[record.peer] = plain_addr(record.peer)
+            seen = seen_conns.get(worker.index)
+            conn = (addr, record.peer_port)
+            if seen is not None and conn in seen and (record.peer or record.peer_port):
+                seen.move_to_end(conn)  # a kept-alive connection: the usual case, inline
+            else:
+                note(worker, record)
+            ready = ready_of(record, wall_offset, addr)
+            if ready is None:
+                sources[worker, "none"] = sources.get((worker, "none"), 0) + 1
+                keep(
+                    (record, worker.index, None, ENTRY_BYTES + len(record.route) + len(record.peer))
+                )
+                continue
+            wait_ns = record.entry_ns - ready.ns
+            if (
+                wait_ns <= threshold_ns
+                and ready.inside
+                and not record.proxy_wall_ns
+                and not (record.arrival_ns and record.arrival_ns < record.accept_ns)
+            ):
+                # The usual request with a known wait: too short for a verdict, spent in the
+                # process alone (no backlog, no proxy phase). Summed; its view is built
+                # from the Ready when asked (recent.request_view).
+                wait_s = wait_ns / 1e9 if wait_ns > 0 else 0.0
+                sources[worker, ready.source] = sources.get((worker, ready.source), 0) + 1
+                waits.append((route, wait_s))
+                process.append(wait_s)
+                keep(
+                    (
+                        record,
+                        worker.index,
+                        ready,
+                        ENTRY_BYTES + READY_BYTES + len(record.route) + len(record.peer),
+                    )
+                )
+                continue
+            outcome = self._waited(worker, record, route, ready, workers, now_ns, wall_offset)
+            keep((record, worker.index, outcome, entry_bytes(record, outcome)))
+        for key, count in requests.items():
+            t.requests.inc(key, float(count))
+        for route, values in durations.items():
+            t.durations.observe_all((route,), values)
+        for worker, seconds in busy.items():
+            t.busy_seconds.inc((str(worker.index),), seconds)
+        for (worker, source), count in sources.items():
+            t.wait_sources.inc((source,), float(count))
+            worker.wait_sources[source] += count
+        if waits:
+            for route, values in _by_label(waits).items():
+                t.queue_waits.observe_all((route,), values)
+            if process:
+                t.wait_phases.observe_all(("process",), process)
+            for phase, values in _by_label(self._phase_values).items():
+                t.wait_phases.observe_all((phase,), values)
+            self._waits, self._phase_values = [], []
+        self.recent.extend(kept)
+
+    def _waited(
+        self,
+        worker: Worker,
+        record: Record,
+        route: str,
+        ready: Ready,
+        workers: Sequence[Worker],
+        now_ns: int,
+        wall_offset: int,
+    ) -> Outcome:
+        """A request whose wait a source knows: its wait, phases and verdict."""
+        t = self.tallies
         ready_ns, source = ready.ns, ready.source
         t.wait_sources.inc((source,))
         worker.wait_sources[source] += 1
-        wait_ns = queue_wait_ns(record.entry_ns, ready_ns)
-        outcome.ready_ns, outcome.wait_s, outcome.wait_source = ready_ns, wait_ns / 1e9, source
-        t.queue_waits.observe((route,), wait_ns / 1e9)
-        outcome.phases = phases = self._phases(record, ready, wall_offset)
-        for phase, seconds in phases.items():
-            t.wait_phases.observe((phase,), seconds)
-        verdict = judge(
-            worker,
-            record,
-            ready_ns,
-            ready.inside,
-            workers,
-            threshold_ns=self.threshold_ns,
-            now_ns=now_ns,
-        )
-        if verdict is not None:
-            self._blocked(worker, record, source, wait_ns, verdict, outcome)
+        wait_ns = record.entry_ns - ready_ns
+        if wait_ns < 0:
+            wait_ns = 0  # queue_wait_ns(), inline: clocks may disagree by a jiffy
+        wait_s = wait_ns / 1e9
+        outcome = Outcome(ready_ns, wait_s, source)
+        self._waits.append((route, wait_s))
+        if ready.inside or source == BACKLOG:  # (uWSGI's backlog wait has its own phase)
+            outcome.phases = phases = self._phases(record, ready, wall_offset, wait_s)
+            self._phase_values.extend(phases.items())
+        # judge() says no verdict at or below the threshold: asked only above it.
+        if wait_ns > self.threshold_ns:
+            verdict = judge(
+                worker,
+                record,
+                ready_ns,
+                ready.inside,
+                workers,
+                threshold_ns=self.threshold_ns,
+                now_ns=now_ns,
+            )
+            if verdict is not None:
+                self._blocked(worker, record, source, wait_ns, verdict, outcome)
+        return outcome
 
     def _blocked(
         self,
@@ -157,7 +287,6 @@ class Accountant:
             }
             for b in verdict.blames
         ]
-        self.recent.judged(outcome)
         self.incidents.add(worker.index, record, source, wait_ns, verdict)
 
     def _note_connection(self, worker: Worker, record: Record) -> None:
@@ -181,7 +310,9 @@ class Accountant:
             self.tallies.accepted.inc((str(worker.index),))
 
     @staticmethod
-    def _phases(record: Record, ready: Ready, wall_offset: int) -> dict[str, float]:
+    def _phases(
+        record: Record, ready: Ready, wall_offset: int, wait_s: float | None = None
+    ) -> dict[str, float]:
         """The wait split where it was spent, in seconds: ``proxy`` (from the front proxy's
         or Apache's own start to the worker's socket), ``backlog`` (the kernel's accept
         queue: accept - arrival) and ``process`` (inside the worker: entry - ready). Only
@@ -196,10 +327,13 @@ class Accountant:
             return phases
         if not ready.inside:
             return {}
-        phases = {"process": queue_wait_ns(record.entry_ns, ready.ns) / 1e9}
+        if wait_s is None:
+            wait_s = queue_wait_ns(record.entry_ns, ready.ns) / 1e9
+        phases = {"process": wait_s}
         accept = record.accept_ns if record.accept_source != "none" else 0
-        if record.arrival_ns and accept and record.arrival_ns < accept:
-            phases["backlog"] = (accept - record.arrival_ns) / 1e9
+        arrival = record.arrival_ns
+        if arrival and accept and arrival < accept:
+            phases["backlog"] = (accept - arrival) / 1e9
         if record.proxy_wall_ns and ready.source != "header":
             first_seen = min(x for x in (accept, record.arrival_ns, ready.ns) if x)
             proxy_ns = first_seen - (record.proxy_wall_ns - wall_offset)

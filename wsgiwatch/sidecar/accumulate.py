@@ -97,6 +97,16 @@ class Histogram:
         series[bisect.bisect_left(self._bounds, value)] += 1
         series[-1] += value
 
+    def observe_all(self, labels: tuple[str, ...], values: Sequence[float]) -> None:
+        """``observe(labels, v)`` for each of ``values`` (one series lookup for all)."""
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = [0.0] * (len(self._bounds) + 2)
+        bounds = self._bounds
+        for value in values:
+            series[bisect.bisect_left(bounds, value)] += 1
+            series[-1] += value
+
     def family(
         self, name: str, documentation: str, labelnames: Sequence[str]
     ) -> HistogramMetricFamily:

@@ -30,6 +30,7 @@ from typing import NamedTuple
 from wsgiwatch.sidecar.backlog_arrivals import BacklogSightings, InBacklog
 from wsgiwatch.sidecar.connections import Waiting, plain_addr
 from wsgiwatch.sidecar.unix_waits import UnixWaits
+from wsgiwatch.spool.layout import FLAG_REUSED_CONNECTION
 from wsgiwatch.spool.records import AcceptEvent, Record, SlotState
 
 #: A kernel arrival estimate may be this much later than the entry it belongs to (jiffies).
@@ -125,27 +126,36 @@ class ArrivalJoin:
         """Accepted connections whose request has not started: (key, ready time)."""
         return iter(list(self._accepted.items()))  # copied: the poll goes on mutating
 
-    def ready(self, record: Record, wall_offset: int) -> Ready | None:
-        """Since when ``record`` could have been served, or None if nothing says."""
-        key = peer_key(record.pid, record.peer, record.peer_port)
-        kernel = self._kernel.get(key)
+    def ready(self, record: Record, wall_offset: int, addr: str | None = None) -> Ready | None:
+        """Since when ``record`` could have been served, or None if nothing says
+        (``addr``: its peer's ``plain_addr()``, when the caller has it already)."""
         kernel_arrival = 0
-        if kernel and kernel[0] <= record.entry_ns + ARRIVAL_TOLERANCE_NS:
-            kernel_arrival = kernel[0]
-            del self._kernel[key]  # a later one belongs to the connection's next request
-        self._accepted.pop(key, None)
+        peer, port = record.peer, record.peer_port
+        if self._kernel or self._accepted:  # both empty while no worker is at capacity
+            key = (record.pid, plain_addr(peer) if addr is None else addr, port)  # peer_key()
+            kernel = self._kernel.get(key) if self._kernel else None
+            if kernel and kernel[0] <= record.entry_ns + ARRIVAL_TOLERANCE_NS:
+                kernel_arrival = kernel[0]
+                del self._kernel[key]  # a later one belongs to the connection's next request
+            self._accepted.pop(key, None)
         # A unix connection seen waiting: taken whatever the source, so it is never given
         # to a later request of this worker.
         unix = self.unix.take(record.pid, record.entry_ns) if unix_record(record) else None
         in_backlog = self.backlog.take(record)
         proxy = record.proxy_wall_ns - wall_offset if record.proxy_wall_ns else 0
         if record.accept_source == "hook":
-            # The hook's own times; the kernel may know an arrival the hook could not read.
-            own = record.ready_ns
-            ready = own if record.arrival_ns else max(own, kernel_arrival)
+            # The hook's own times (record.ready_ns, inline); the kernel may know an arrival
+            # the hook could not read.
+            arrival = record.arrival_ns
+            if arrival:
+                if record.flags & FLAG_REUSED_CONNECTION or arrival >= record.accept_ns:
+                    return Ready(arrival, "hook", True)
+                return Ready(record.accept_ns, "hook", True)
+            # No arrival: the accept, unless it was for an earlier request.
+            own = 0 if record.flags & FLAG_REUSED_CONNECTION else record.accept_ns
+            ready = max(own, kernel_arrival)
             if ready:
-                by_kernel = ready == kernel_arrival and not record.arrival_ns
-                return Ready(ready, "kernel" if by_kernel else "hook", True)
+                return Ready(ready, "kernel" if ready == kernel_arrival else "hook", True)
         if record.accept_source == "mod_wsgi" and record.accept_ns:
             # mod_wsgi's start is per request, so it holds on a kept-alive connection too.
             return Ready(max(record.accept_ns, kernel_arrival), "mod_wsgi", True)

@@ -12,6 +12,29 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
+
+
+class Interval(Protocol):
+    """A request's time in the app: a :class:`Run`, or a finished
+    :class:`~wsgiwatch.spool.records.Record` as it is (the sidecar keeps finished records
+    in a worker's history without building a Run for each)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def request(self) -> int: ...
+    @property
+    def entry_ns(self) -> int: ...
+    @property
+    def exit_ns(self) -> int: ...
+    @property
+    def route(self) -> str: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def raised(self) -> bool: ...
+    def end(self, now_ns: int) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,20 +55,20 @@ class Run:
 
 @dataclass(frozen=True, slots=True)
 class Blame:
-    run: Run
+    run: Interval
     overlap_ns: int  # how much of the victim's wait this run covered
     share_s: float  # the victim's wait in seconds apportioned to this run
 
 
 def blockers(
-    ready_ns: int, entry_ns: int, victim: tuple[int, int], runs: Iterable[Run], now_ns: int
+    ready_ns: int, entry_ns: int, victim: tuple[int, int], runs: Iterable[Interval], now_ns: int
 ) -> list[Blame]:
     """The runs that overlapped the wait [ready, entry) of the victim (pid, request), with
     the wait split among them by overlap; largest overlap first."""
     wait_ns = entry_ns - ready_ns
     if wait_ns <= 0:
         return []
-    found: list[tuple[Run, int]] = []
+    found: list[tuple[Interval, int]] = []
     for run in runs:
         if (run.pid, run.request) == victim:
             continue
@@ -61,7 +84,7 @@ def blockers(
 def had_free_slot(
     start_ns: int,
     end_ns: int,
-    runs: Sequence[Run],
+    runs: Sequence[Interval],
     capacity: int,
     now_ns: int,
     alive_since_ns: int = 0,
@@ -96,7 +119,7 @@ def had_free_slot(
 
 
 def time_at_capacity(
-    start_ns: int, end_ns: int, runs: Iterable[Run], capacity: int, now_ns: int
+    start_ns: int, end_ns: int, runs: Iterable[Interval], capacity: int, now_ns: int
 ) -> int:
     """Nanoseconds of [start, end) during which ``runs`` filled ``capacity`` slots or more.
 

@@ -15,7 +15,9 @@ requests: counters, verdicts, incidents), :mod:`~wsgiwatch.sidecar.stalls` (live
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 import time
 from collections.abc import Callable, Collection, Iterable
 from typing import Any, NamedTuple, TypeVar
@@ -46,7 +48,6 @@ from wsgiwatch.sidecar.views import (
     UnseenWorker,
 )
 from wsgiwatch.sidecar.workers import Worker, WorkerRegistry
-from wsgiwatch.spool import layout as fmt
 from wsgiwatch.spool.records import Record, SlotState
 
 #: Poll again, early if need be, before a worker's ring is this full at its current rate.
@@ -83,6 +84,15 @@ class Look(NamedTuple):
 
 NO_LOOK = Look(-math.inf, False, False, False)
 T = TypeVar("T")
+
+
+def _exit_ns(item: tuple[Worker, Record]) -> int:
+    return item[1].exit_ns
+
+
+_PEER_AND_PORT = operator.itemgetter(
+    Record._fields.index("peer"), Record._fields.index("peer_port")
+)
 
 
 class Monitor:
@@ -229,20 +239,22 @@ class Monitor:
         finished, self._deferred = self._deferred, []
         soonest_ns: int | None = None
         for worker, records in drained.items():
-            finished += [(worker, r) for r in records]
+            finished.extend(zip(itertools.repeat(worker), records))
             fill_ns = self._time_to_fill(worker, now)
             if fill_ns is not None and (soonest_ns is None or fill_ns < soonest_ns):
                 soonest_ns = fill_ns
         self._drain_by = None if soonest_ns is None else time.monotonic() + soonest_ns / 1e9
-        finished.sort(key=lambda item: item[1].exit_ns)
-        for worker, record in finished:
-            if record.exit_ns >= now and worker.alive:
+        finished.sort(key=_exit_ns)
+        ready: list[tuple[Worker, Record]] = []
+        for item in finished:
+            if item[1].exit_ns >= now and item[0].alive:
                 # It ended after this poll's scoreboard read: a request that began after
                 # that read and still runs is in neither the scoreboard nor the records,
                 # and may have blocked this one. Judged next poll, when it is in one.
-                self._deferred.append((worker, record))
-                continue
-            self.accountant.finished(worker, record, workers, now, wall_offset)
+                self._deferred.append(item)
+            else:
+                ready.append(item)
+        self.accountant.finished_all(ready, workers, now, wall_offset)
         kernel = self.kernel
         self.stalls = find_stalls(
             live,
@@ -369,11 +381,7 @@ class Monitor:
             # Finished between the scoreboard read and now: one run, not two.
             done = {r.request for r in result.records}
             worker.running = [r for r in worker.running if r.request not in done]
-        for r in result.records:
-            raised = bool(r.flags & fmt.FLAG_APP_RAISED)
-            worker.history.append(
-                Run(r.pid, r.request, r.entry_ns, r.exit_ns, r.route, r.method, raised)
-            )
+        worker.history.extend(result.records)  # a Record is a finished run as it is
         return result.records
 
     def _note_unstarted(
@@ -395,7 +403,10 @@ class Monitor:
                 if key[0] in unstarted:
                     unstarted[key[0]].add(key)
         for worker in live:
-            answered = {peer_key(r.pid, r.peer, r.peer_port) for r in drained.get(worker, ())}
+            # Distinct connections first, in C (a Record is a tuple): keep-alive traffic
+            # repeats a few peers thousands of times.
+            pairs = set(map(_PEER_AND_PORT, drained.get(worker, ())))
+            answered = {peer_key(worker.pid, peer, port) for peer, port in pairs}
             self._unstarted.seen(worker.pid, unstarted[worker.pid], answered)
 
     def _retire(self, worker: Worker, final_slots: list[SlotState], now: int) -> None:

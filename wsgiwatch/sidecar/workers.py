@@ -17,7 +17,7 @@ import structlog
 
 from wsgiwatch.errors import SpoolFormatError, SpoolNotReady
 from wsgiwatch.kernel.procfs import ExitWatch, pid_exists, process_running
-from wsgiwatch.sidecar.detect import Run
+from wsgiwatch.sidecar.detect import Interval, Run
 from wsgiwatch.spool import fate
 from wsgiwatch.spool import layout as fmt
 from wsgiwatch.spool.reader import SpoolReader
@@ -62,7 +62,8 @@ class Worker:
     inode: int  # of the file when opened: a file made anew at the same path is another
     alive: bool = True  # its process lives and its spool is still there
     gone: bool = False  # its process ended (not just its file removed)
-    history: collections.deque[Run] = field(
+    #: Its finished requests, newest last: the records as read (each is an Interval).
+    history: collections.deque[Interval] = field(
         default_factory=lambda: collections.deque(maxlen=HISTORY_RUNS)
     )
     slots: list[SlotState] = field(default_factory=list)  # running now
@@ -114,7 +115,7 @@ class Worker:
             spools_lost=h.spools_lost if carried else 0,
         )
 
-    def recent_runs(self) -> list[Run]:
+    def recent_runs(self) -> list[Interval]:
         return [*self.history, *self.running]
 
 

@@ -3,13 +3,14 @@ events, and their decoding from the bytes :mod:`wsgiwatch.spool.layout` defines.
 
 Decoding here is pure (bytes in, value out); which bytes to trust, and when, is the reader's
 job (:mod:`wsgiwatch.spool.reader`). Also :func:`queue_wait_ns`, the one definition of queue
-wait, and :func:`make_record`, the fast ``Record(...)`` the reader builds records with.
+wait, and :func:`make_record`. Decoding records in batches, as the reader does, is in
+:mod:`wsgiwatch.spool.record_batch`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from wsgiwatch.spool import layout as fmt
 
@@ -20,10 +21,12 @@ __all__ = [
     "SpoolHeader",
     "decode_accept",
     "decode_header",
-    "decode_record",
     "decode_slot",
     "make_record",
+    "method_name",
     "queue_wait_ns",
+    "source_name",
+    "text_field",
 ]
 
 
@@ -80,9 +83,13 @@ class SpoolHeader:
         return self.declared_capacity or max(1, self.slot_high_water)
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One finished request. Times are CLOCK_MONOTONIC ns; 0 means unknown."""
+class Record(NamedTuple):
+    """One finished request. Times are CLOCK_MONOTONIC ns; 0 means unknown.
+
+    A named tuple, not a dataclass: the sidecar builds one per finished request, and a
+    tuple is built in one call (a frozen dataclass sets its 20 fields one by one, about
+    four times slower), and a tuple of ints and strings is untracked by the cyclic garbage
+    collector, which then never walks the tens of thousands the sidecar keeps."""
 
     seq: int
     pid: int
@@ -127,6 +134,16 @@ class Record:
     def reused_connection(self) -> bool:
         return bool(self.flags & fmt.FLAG_REUSED_CONNECTION)
 
+    @property
+    def raised(self) -> bool:
+        """Ended by an exception (as :attr:`wsgiwatch.sidecar.detect.Run.raised`)."""
+        return bool(self.flags & fmt.FLAG_APP_RAISED)
+
+    def end(self, now_ns: int) -> int:
+        """When it left the app (as :meth:`wsgiwatch.sidecar.detect.Run.end`: a finished
+        request is a run in a worker's history)."""
+        return self.exit_ns or now_ns
+
 
 @dataclass(frozen=True, slots=True)
 class SlotState:
@@ -155,36 +172,6 @@ class AcceptEvent:
     peer: str
 
 
-# The sidecar builds one Record per finished request. A frozen dataclass's __init__ sets each
-# of its 20 fields through object.__setattr__, which resolves the slot by name every time
-# (about 4 us a record here, a third of the sidecar's whole per-request cost); calling the
-# slot descriptors directly is a quarter of that. Same object, as immutable afterwards:
-# tests check it equals Record(...) field for field (as kernel/records.py does for sockets).
-(
-    _set_seq,
-    _set_pid,
-    _set_request,
-    _set_accept_ns,
-    _set_arrival_ns,
-    _set_entry_ns,
-    _set_headers_ns,
-    _set_exit_ns,
-    _set_proxy_wall_ns,
-    _set_bytes_sent,
-    _set_tid,
-    _set_slot,
-    _set_status,
-    _set_flags,
-    _set_peer_port,
-    _set_server_port,
-    _set_method,
-    _set_accept_source,
-    _set_peer,
-    _set_route,
-) = (getattr(Record, field.name).__set__ for field in dataclasses.fields(Record))
-_new = object.__new__
-
-
 def make_record(
     seq: int,
     pid: int,
@@ -207,40 +194,47 @@ def make_record(
     peer: str,
     route: str,
 ) -> Record:
-    """``Record(...)`` with the same arguments, in a quarter of the time (for the reader)."""
-    record: Record = _new(Record)
-    _set_seq(record, seq)
-    _set_pid(record, pid)
-    _set_request(record, request)
-    _set_accept_ns(record, accept_ns)
-    _set_arrival_ns(record, arrival_ns)
-    _set_entry_ns(record, entry_ns)
-    _set_headers_ns(record, headers_ns)
-    _set_exit_ns(record, exit_ns)
-    _set_proxy_wall_ns(record, proxy_wall_ns)
-    _set_bytes_sent(record, bytes_sent)
-    _set_tid(record, tid)
-    _set_slot(record, slot)
-    _set_status(record, status)
-    _set_flags(record, flags)
-    _set_peer_port(record, peer_port)
-    _set_server_port(record, server_port)
-    _set_method(record, method)
-    _set_accept_source(record, accept_source)
-    _set_peer(record, peer)
-    _set_route(record, route)
-    return record
+    """``Record(...)`` (kept for callers from when a Record was slower to build)."""
+    return _new_record(
+        Record,
+        (
+            seq,
+            pid,
+            request,
+            accept_ns,
+            arrival_ns,
+            entry_ns,
+            headers_ns,
+            exit_ns,
+            proxy_wall_ns,
+            bytes_sent,
+            tid,
+            slot,
+            status,
+            flags,
+            peer_port,
+            server_port,
+            method,
+            accept_source,
+            peer,
+            route,
+        ),
+    )
 
 
-def _text(raw: bytes, encoding: str = "utf-8") -> str:
+_new_record = tuple.__new__
+
+
+def text_field(raw: bytes, encoding: str = "utf-8") -> str:
+    """A NUL-padded text field as the format defines it (invalid bytes replaced)."""
     return raw.rstrip(b"\0").decode(encoding, "replace")
 
 
-def _method(code: int) -> str:
+def method_name(code: int) -> str:
     return fmt.METHODS[code] if code < len(fmt.METHODS) else "OTHER"
 
 
-def _source(code: int) -> str:
+def source_name(code: int) -> str:
     return fmt.ACCEPT_SOURCES[code] if code < len(fmt.ACCEPT_SOURCES) else "unknown"
 
 
@@ -283,42 +277,10 @@ def decode_header(raw: bytes) -> SpoolHeader:
         write_errors=u64(raw, fmt.OFF_WRITE_ERRORS)[0],
         reader_cursor=u64(raw, fmt.OFF_READER_CURSOR)[0],
         reader_lost=u64(raw, fmt.OFF_READER_LOST)[0],
-        server_software=_text(fmt.SERVER_FIELD.unpack_from(raw, fmt.OFF_SERVER)[0], "ascii"),
+        server_software=text_field(fmt.SERVER_FIELD.unpack_from(raw, fmt.OFF_SERVER)[0], "ascii"),
         times_rejected=u64(raw, fmt.OFF_TIMES_REJECTED)[0],
         spools_lost=u64(raw, fmt.OFF_SPOOLS_LOST)[0],
         records_lost_with_spool=u64(raw, fmt.OFF_RECORDS_LOST_WITH_SPOOL)[0],
-    )
-
-
-def decode_record(seq: int, pid: int, raw: bytes, at: int = 0) -> Record:
-    """The record at offset ``at`` of ``raw`` (a ring entry), as sequence ``seq`` of ``pid``."""
-    (request, entry, accept, arrival, tid, peer_port, method, source, peer, route) = (
-        fmt.SLOT.unpack_from(raw, at)
-    )
-    (headers, exit_, proxy, nbytes, status, flags, server_port, slot) = fmt.RECORD_EXIT.unpack_from(
-        raw, at + fmt.RECORD_EXIT_OFFSET
-    )
-    return make_record(
-        seq=seq,
-        pid=pid,
-        request=request,
-        accept_ns=accept,
-        arrival_ns=arrival,
-        entry_ns=entry,
-        headers_ns=headers,
-        exit_ns=exit_,
-        proxy_wall_ns=proxy,
-        bytes_sent=nbytes,
-        tid=tid,
-        slot=slot,
-        status=status,
-        flags=flags,
-        peer_port=peer_port,
-        server_port=server_port,
-        method=_method(method),
-        accept_source=_source(source),
-        peer=_text(peer, "ascii"),
-        route=_text(route),
     )
 
 
@@ -337,14 +299,14 @@ def decode_slot(index: int, image: bytes) -> SlotState | None:
         arrival,
         tid,
         peer_port,
-        _method(method),
-        _source(source),
-        _text(peer, "ascii"),
-        _text(path),
+        method_name(method),
+        source_name(source),
+        text_field(peer, "ascii"),
+        text_field(path),
     )
 
 
 def decode_accept(seq: int, raw: bytes, at: int = 0) -> AcceptEvent:
     """The accept event at offset ``at`` of ``raw`` (a ring entry), as sequence ``seq``."""
     accept, arrival, peer_port, server_port, _fd, peer = fmt.ACCEPT_BODY.unpack_from(raw, at)
-    return AcceptEvent(seq, accept, arrival, peer_port, server_port, _text(peer, "ascii"))
+    return AcceptEvent(seq, accept, arrival, peer_port, server_port, text_field(peer, "ascii"))
