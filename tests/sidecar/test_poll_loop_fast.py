@@ -48,6 +48,30 @@ def test_polls_come_fast_while_at_capacity_and_the_grid_resumes_after() -> None:
     assert loop.overruns == 0
 
 
+class SlowPolls(BusyFor):
+    """Always at capacity, and each poll takes 40 ms (a dump of 10,000 connections)."""
+
+    def poll(self) -> None:
+        super().poll()
+        time.sleep(0.04)
+
+
+def test_expensive_polls_at_capacity_take_at_most_their_share_of_a_core() -> None:
+    monitor = SlowPolls(busy_from=0, busy_until=99)
+    loop = PollLoop(monitor, interval_s=0.5)  # type: ignore[arg-type]
+    loop.start()
+    time.sleep(1.0)
+    loop.stop()
+    # Unbounded, a 40 ms poll after every 20 ms fast interval: 16 polls a second, 67% of a
+    # core. At CAPACITY_POLL_SHARE (0.2): one 200 ms after the last began, plus the grid's
+    # (0 and 0.5 s, which are not brought forward and so not spaced): 6 or 7.
+    assert 4 <= len(monitor.polls) <= 7, monitor.polls
+    off_grid = [t for t in monitor.polls if min(t % 0.5, 0.5 - t % 0.5) > 0.02]
+    gaps = [b - a for a, b in itertools.pairwise(monitor.polls) if b in off_grid]
+    assert gaps and min(gaps) >= 0.09, monitor.polls
+    assert loop.overruns == 0
+
+
 def test_an_idle_monitor_is_polled_on_the_grid_only() -> None:
     monitor = BusyFor(busy_from=99, busy_until=99)
     loop = PollLoop(monitor, interval_s=0.2)  # type: ignore[arg-type]

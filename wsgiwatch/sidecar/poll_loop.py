@@ -25,6 +25,10 @@ STALE_AFTER_INTERVALS = 3
 #: How often per poll interval the loop asks a monitor with ``drain_by`` whether a ring fills
 #: faster than the schedule drains it (the monitor keeps the answer cheap).
 DRAIN_CHECKS = 5
+#: Polls brought forward because a worker is at capacity take at most this share of a core
+#: (wall time, which a starved sidecar also backs off on): a poll that dumps 10,000
+#: connections takes about 25 ms, so then one every 125 ms rather than every 50 ms.
+CAPACITY_POLL_SHARE = 0.2
 #: How long stop() waits for a poll in progress before leaving its (daemon) thread behind.
 STOP_JOIN_TIMEOUT_S = 10.0
 
@@ -91,6 +95,8 @@ class PollLoop:
         self.last_success: float | None = None
         self.last_error: str | None = None
         self._stop = StopSignal()
+        #: No poll for a worker at capacity before this (CAPACITY_POLL_SHARE of the last).
+        self._capacity_not_before = 0.0
         self._thread = threading.Thread(target=self._run, name="wsgiwatch-poll", daemon=True)
 
     def start(self) -> None:
@@ -119,8 +125,10 @@ class PollLoop:
     def _run(self) -> None:
         deadline = time.monotonic()
         while not self._stop.is_set():
+            started = time.monotonic()
             self.poll_once()
             now = time.monotonic()
+            self._capacity_not_before = now + (now - started) * (1 / CAPACITY_POLL_SHARE - 1)
             if deadline <= now:  # a poll on the grid (not one brought forward): the next tick
                 following = next_deadline(deadline, now, self.interval_s)
                 self.overruns += round((following - deadline) / self.interval_s) - 1
@@ -136,7 +144,10 @@ class PollLoop:
         a poll forward: ``at_capacity()``, every ``fast_interval_s``: some worker is full, so
         requests may queue inside it and a stall should be on /metrics within moments; and
         ``drain_by()``, a few times per interval: when, at the rate seen, a ring would be
-        lapped before the scheduled poll (see ``Monitor.drain_by``).
+        lapped before the scheduled poll (see ``Monitor.drain_by``). Polls for a worker at
+        capacity are spaced so that they take at most ``CAPACITY_POLL_SHARE`` of a core
+        (they are the expensive ones: the kernel's connections are dumped then); polls for
+        a filling ring are not, records being worth more than a moment of the live view.
 
         A monitor may also say, with ``look_interval_s()``, how soon it wants to be asked
         again (``Monitor``: while every worker is idle, less often than while one runs a
@@ -176,12 +187,12 @@ class PollLoop:
                         pace = min(max(fast, float(look_interval())), self.interval_s)
                     except Exception:  # (the poll itself will report what is wrong)
                         pace = fast
-                wake = min(wake, now + pace)
+                wake = min(wake, max(now + pace, self._capacity_not_before))
             if self._stop.wait(max(0.0, wake - now)):
                 return True
             if wake >= deadline:
                 return False
-            if at_capacity is not None:
+            if at_capacity is not None and time.monotonic() >= self._capacity_not_before:
                 try:
                     if at_capacity():
                         return False
