@@ -8,8 +8,8 @@ import time
 from support.sidecar_support import FAKE_PID_BASE, MS, FakeProc, Req, S, finish, make_spool, start
 from support.sidecar_support import stop as idle_slot
 
-from wsgiwatch.sidecar import monitor as monitor_module
-from wsgiwatch.sidecar.monitor import FAST_INTERVAL_S, IDLE_LOOK_S, LOOK_REUSE_S, Monitor
+from wsgiwatch.sidecar.looks import DRAIN_AT, FAST_INTERVAL_S, IDLE_LOOK_S, LOOK_REUSE_S, Look
+from wsgiwatch.sidecar.monitor import Monitor
 from wsgiwatch.sidecar.poll_loop import PollLoop
 from wsgiwatch.spool.reader import SpoolReader
 
@@ -18,7 +18,7 @@ W1, W2 = FAKE_PID_BASE + 31, FAKE_PID_BASE + 32
 
 def fresh(monitor: Monitor) -> None:
     """Forget the last look: the next question reads the spools again."""
-    monitor._last_look = monitor._last_look._replace(at=time.monotonic() - 10 * LOOK_REUSE_S)
+    monitor.looks.last = monitor.looks.last._replace(at=time.monotonic() - 10 * LOOK_REUSE_S)
 
 
 def test_a_worker_that_fills_between_polls_is_at_capacity_at_the_next_look(
@@ -80,7 +80,7 @@ def test_a_ring_filling_out_of_quiet_is_due_at_the_next_look(
         fresh(monitor)
         assert monitor.drain_by() is None
         base = time.monotonic_ns() - S
-        for i in range(int(monitor_module.DRAIN_AT * 64)):
+        for i in range(int(DRAIN_AT * 64)):
             finish(writer, Req(base + i * MS, base + i * MS + MS, peer_port=i + 1))
         fresh(monitor)
         due = monitor.drain_by()
@@ -117,14 +117,14 @@ def test_the_loop_looks_less_often_while_every_worker_is_idle(
     writer = make_spool(spool_dir, W1, capacity=2)
     monitor = Monitor(spool_dir, procfs_root=proc.root, use_kernel=False, poll_interval_s=5.0)
     looks: list[float] = []
-    real_look = monitor._look
+    real_look = monitor.looks.look
 
-    def counted(now: float) -> monitor_module.Look:
-        if now - monitor._last_look.at >= LOOK_REUSE_S:
+    def counted(now: float) -> Look:
+        if now - monitor.looks.last.at >= LOOK_REUSE_S:
             looks.append(now)
         return real_look(now)
 
-    monitor._look = counted  # type: ignore[method-assign]
+    monitor.looks.look = counted  # type: ignore[method-assign]
     loop = PollLoop(monitor, interval_s=5.0)
     loop.start()
     try:

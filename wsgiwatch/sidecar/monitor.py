@@ -16,11 +16,10 @@ requests: counters, verdicts, incidents), :mod:`~wsgiwatch.sidecar.stalls` (live
 from __future__ import annotations
 
 import itertools
-import math
 import operator
 import time
 from collections.abc import Callable, Collection, Iterable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import structlog
 from prometheus_client.metrics_core import Metric
@@ -37,6 +36,7 @@ from wsgiwatch.sidecar.detect import Run
 from wsgiwatch.sidecar.incidents import IncidentLog
 from wsgiwatch.sidecar.kernel_view import KernelView
 from wsgiwatch.sidecar.live_view import live_state
+from wsgiwatch.sidecar.looks import FAST_INTERVAL_S, Looks
 from wsgiwatch.sidecar.losses import LostRequests, Unstarted
 from wsgiwatch.sidecar.processes import ProcessSampler
 from wsgiwatch.sidecar.spool_dir import spool_dir_problem
@@ -50,39 +50,11 @@ from wsgiwatch.sidecar.views import (
 from wsgiwatch.sidecar.workers import Worker, WorkerRegistry
 from wsgiwatch.spool.records import Record, SlotState
 
-#: Poll again, early if need be, before a worker's ring is this full at its current rate.
-#: A quarter: the poll thread may wake late (a busy host), the poll itself take a while,
-#: and the rate jump, by three times the interval together before a record is lost.
-DRAIN_AT = 0.25
-#: drain_by() looks at the ring heads itself (when at_capacity has not just done so) at most
-#: this often, and at most every this much per worker (its cost grows with the workers).
-HEADS_EVERY_S = 0.05
-HEADS_PER_WORKER_S = 0.002
-
 log = structlog.get_logger("wsgiwatch.sidecar")
-#: How often the poll loop looks at the scoreboards between polls while some worker runs a
-#: request, and polls while some worker is at capacity (:meth:`Monitor.at_capacity`).
-FAST_INTERVAL_S = 0.05
-#: How often it looks while every worker was idle at the last look (see look_interval_s).
-IDLE_LOOK_S = 0.1
-
-#: at_capacity() and drain_by() answer from one look when asked within this of each other
-#: (the poll loop asks both on each wake-up).
-LOOK_REUSE_S = 0.01
 
 Drained = dict[Worker, list[Record]]
 
 
-class Look(NamedTuple):
-    """What the last between-poll look saw (:meth:`Monitor._look`)."""
-
-    at: float  # time.monotonic() of the look
-    idle: bool  # no live worker had a busy slot
-    full: bool  # some live worker had every slot busy
-    filling: bool  # some ring was DRAIN_AT full already
-
-
-NO_LOOK = Look(-math.inf, False, False, False)
 T = TypeVar("T")
 
 
@@ -140,14 +112,8 @@ class Monitor:
         #: Finished requests read but not judged yet (see ``poll``).
         self._deferred: list[tuple[Worker, Record]] = []
         self.torn = 0  # records claimed by writers that never finished them
-        # When to poll again, sooner than the schedule, so that no ring overflows: see
-        # drain_by(). pid -> (when its header was last read, its ring head then).
-        self._read_at: dict[int, tuple[int, int]] = {}
-        self._drain_by: float | None = None
-        # The between-poll look (at_capacity, drain_by): the workers it reads, as the last
-        # poll left them, and what it saw last.
-        self._watched: tuple[Worker, ...] = ()
-        self._last_look = NO_LOOK
+        # What the poll loop asks between polls (at_capacity, drain_by, look_interval_s).
+        self.looks = Looks(self.fast_interval_s)
         self.spool_dir_problem: str | None = None  # why workers would refuse the directory
         self.poll_durations = acc.Histogram(acc.POLL_BUCKETS)
         self.polls = 0
@@ -156,58 +122,19 @@ class Monitor:
 
     # -- the poll ----------------------------------------------------------------------------
     def at_capacity(self) -> bool:
-        """A cheap look between polls (scoreboards only, no kernel): is some worker at
-        capacity right now, or a stall still on? The poll loop then polls at once, and
-        keeps polling every :data:`FAST_INTERVAL_S` while it lasts: a request queued
-        behind a busy worker is on /metrics within that, not a whole poll interval later."""
-        if self.stalls:
-            return True
-        return self._look(time.monotonic()).full
+        """Is some worker at capacity right now (a look between polls, :class:`Looks`), or a
+        stall still on? The poll loop then polls at once, and keeps polling fast while it
+        lasts: a request queued behind a busy worker is on /metrics within moments."""
+        return bool(self.stalls) or self.looks.look(time.monotonic()).full
 
     def look_interval_s(self) -> float:
-        """How soon the poll loop should look again (``at_capacity``): every
-        :data:`IDLE_LOOK_S` while every worker was idle at the last look, every
-        :data:`FAST_INTERVAL_S` once one runs a request.
+        """How soon the poll loop should look again (:meth:`Looks.interval_s`)."""
+        return self.looks.interval_s(stalled=bool(self.stalls))
 
-        A worker is at capacity only after it has begun some request, so from all-idle a
-        stall shows at most IDLE_LOOK_S plus a poll later (half that on average), well
-        within issue 10's 250 ms; while requests run, as soon as before. Each look wakes the
-        sidecar (about 50 us of CPU on this VM before any work): half as many while idle
-        is a third of an idle sidecar's CPU."""
-        look = self._last_look
-        if look.idle and not self.stalls:
-            return IDLE_LOOK_S
-        return self.fast_interval_s
-
-    def _look(self, now: float) -> Look:
-        """What one pread per live worker shows (:meth:`SpoolReader.glance`): busy slots and
-        ring heads. The poll loop asks twice per wake-up (``drain_by``, then
-        ``at_capacity``): a look younger than :data:`LOOK_REUSE_S` is answered again.
-
-        This runs twenty times a second whatever the load, so it builds nothing per
-        worker: no header or slot objects, only a count of the non-zero request numbers
-        (minus those the last poll found stuck, which are not a request any more)."""
-        look = self._last_look
-        if now - look.at < LOOK_REUSE_S:
-            return look
-        full = filling = False
-        idle = True
-        for worker in self._watched:
-            try:
-                head, requests = worker.reader.glance()
-            except SpoolFormatError:  # a damaged or vanished spool: the poll deals with it
-                continue
-            busy = len(requests) - requests.count(0)
-            if busy:
-                idle = False
-            if worker.stuck:
-                busy -= sum(1 for s in worker.stuck if s.request in requests)
-            if busy >= max(1, worker.capacity):
-                full = True
-            if head - worker.reader.cursor >= DRAIN_AT * worker.header.ring_capacity:
-                filling = True
-        look = self._last_look = Look(now, idle, full, filling)
-        return look
+    def drain_by(self) -> float | None:
+        """``time.monotonic()`` by which the next poll should run so that no worker's ring
+        overflows (None: whenever the schedule says; :meth:`Looks.drain_by`)."""
+        return self.looks.drain_by()
 
     def poll(self) -> None:
         started = time.monotonic()
@@ -240,10 +167,10 @@ class Monitor:
         soonest_ns: int | None = None
         for worker, records in drained.items():
             finished.extend(zip(itertools.repeat(worker), records))
-            fill_ns = self._time_to_fill(worker, now)
+            fill_ns = self.looks.time_to_fill(worker, now)
             if fill_ns is not None and (soonest_ns is None or fill_ns < soonest_ns):
                 soonest_ns = fill_ns
-        self._drain_by = None if soonest_ns is None else time.monotonic() + soonest_ns / 1e9
+        self.looks.drain_in(soonest_ns)
         finished.sort(key=_exit_ns)
         ready: list[tuple[Worker, Record]] = []
         for item in finished:
@@ -270,54 +197,11 @@ class Monitor:
         for worker in workers:
             if not worker.alive:  # drained above: its last records are in
                 self._retire(worker, final_slots[worker], now)
-        watched = self._watched = tuple(w for w in self.registry.workers.values() if w.alive)
-        # This poll has just read what a look would (and drained the rings): the poll
-        # loop's first question after it is answered from that, without a read.
-        self._last_look = Look(
-            time.monotonic(),
-            idle=not any(w.slots for w in watched),
-            full=any(len(w.slots) >= max(1, w.capacity) for w in watched),
-            filling=False,
-        )
+        self.looks.polled(w for w in self.registry.workers.values() if w.alive)
         self.polls += 1
         self.last_poll_mono = time.monotonic()
         self.last_poll_duration = self.last_poll_mono - started
         self.poll_durations.observe((), self.last_poll_duration)
-
-    def _time_to_fill(self, worker: Worker, now: int) -> int | None:
-        """Nanoseconds until ``worker``'s ring is DRAIN_AT full again, at the rate it wrote
-        since the last poll (its ring head's progress; None: it wrote nothing)."""
-        head = worker.header.ring_head
-        last = self._read_at.get(worker.pid)
-        self._read_at[worker.pid] = (now, head)
-        if last is None or head <= last[1] or now <= last[0]:
-            return None
-        rate_ns = (now - last[0]) / (head - last[1])  # ns per record
-        return int(DRAIN_AT * worker.header.ring_capacity * rate_ns)
-
-    def drain_by(self) -> float | None:
-        """``time.monotonic()`` by which the next poll should run so that no worker's ring
-        overflows (None: whenever the schedule says).
-
-        Rings are fixed when a worker starts (4,096 records by default); a sidecar that
-        polls every 0.5 s would lose records from a worker writing over 8,000 a second. So:
-        at the rate each worker wrote since the last poll, the time its ring is DRAIN_AT
-        full; and, for a burst out of quiet, now if a ring is that full already (the look of
-        :meth:`_look`, shared with at_capacity: the poll loop asks both on each wake-up).
-        The poll loop polls early then (an optional method: monitors without it poll on
-        the schedule only)."""
-        now = time.monotonic()
-        due = self._drain_by
-        if due is not None and due <= now:
-            return due
-        # A look costs a pread per worker: with many workers, look less often for this
-        # (64 workers: every 128 ms); at_capacity() looks every time it is asked.
-        every = max(HEADS_EVERY_S, HEADS_PER_WORKER_S * len(self._watched))
-        if now - self._last_look.at >= every:
-            self._look(now)
-        if self._last_look.filling:
-            return now
-        return due
 
     def _check_spool_dir(self) -> None:
         problem = spool_dir_problem(self.spool_dir, workers=len(self.registry.live()))
@@ -331,7 +215,7 @@ class Monitor:
         try:
             return read(worker, now)
         except SpoolFormatError as exc:
-            self._read_at.pop(worker.pid, None)
+            self.looks.forget(worker.pid)
             self.arrivals.forget(worker.pid)
             self.registry.drop(worker, exc)
             return None
@@ -410,7 +294,7 @@ class Monitor:
             self._unstarted.seen(worker.pid, unstarted[worker.pid], answered)
 
     def _retire(self, worker: Worker, final_slots: list[SlotState], now: int) -> None:
-        self._read_at.pop(worker.pid, None)
+        self.looks.forget(worker.pid)
         running = {peer_key(worker.pid, s.peer, s.peer_port) for s in final_slots}
         unstarted = self._unstarted.at_death(worker.pid, running)
         if worker.gone:  # its process ended: what it was running died with it
