@@ -243,9 +243,8 @@ class Accountant:
         wait_s = wait_ns / 1e9
         outcome = Outcome(ready_ns, wait_s, source)
         self._waits.append((route, wait_s))
-        if ready.inside or source == BACKLOG:  # (uWSGI's backlog wait has its own phase)
-            outcome.phases = phases = self._phases(record, ready, wall_offset, wait_s)
-            self._phase_values.extend(phases.items())
+        outcome.phases = phases = self._phases(record, ready, wall_offset, wait_s)
+        self._phase_values.extend(phases.items())
         # judge() says no verdict at or below the threshold: asked only above it.
         if wait_ns > self.threshold_ns:
             verdict = judge(
